@@ -1,0 +1,208 @@
+"""The xpud wire contract (API v1): one definition used by the daemon, its clients and docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_VERSION = "v1"
+
+# A device is named by its index ("0") or its UUID ("XPU-…").
+DeviceRef = Annotated[str, Field(min_length=1, max_length=64, examples=["0"])]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Strict):
+    code: str
+    message: str
+
+
+class ErrorResponse(Strict):
+    error: ErrorBody
+
+
+class VersionInfo(Strict):
+    api: str
+    runtime_version: str
+    driver_version: str
+    node: str
+    clock: Literal["system", "manual"]
+
+
+class DeviceInfo(Strict):
+    index: int
+    uuid: str
+    product: str
+    family: str
+    memory_total_bytes: int
+    compute_units: int
+    max_clock_mhz: int
+    tdp_watts: float
+    link_group: int
+    numa_node: int
+    device_path: str
+    health: str
+
+
+class Inventory(Strict):
+    node: str
+    profile: str
+    driver_version: str
+    devices: list[DeviceInfo]
+
+
+class ProcessMemory(Strict):
+    context_id: str
+    pid: int
+    name: str
+    memory_used_bytes: int
+
+
+class ActiveFault(Strict):
+    code: int
+    name: str
+    severity: str
+    sticky: bool
+    injected_at: float
+    recover_at: float | None
+    message: str
+
+
+class DeviceTelemetry(Strict):
+    index: int
+    uuid: str
+    health: str
+    health_reason: str
+    utilization_ratio: float
+    matrix_utilization_ratio: float
+    memory_total_bytes: int
+    memory_used_bytes: int
+    memory_free_bytes: int
+    temperature_celsius: float
+    power_watts: float
+    power_limit_watts: float
+    energy_joules: float
+    clock_mhz: float
+    max_clock_mhz: int
+    memory_clock_mhz: int
+    throttle_reasons: list[str]
+    ecc_corrected_total: int
+    ecc_uncorrected_total: int
+    errors_total: dict[str, int]
+    last_error_code: int
+    active_faults: list[ActiveFault]
+    pending_ops: float
+    processes: list[ProcessMemory]
+
+
+class Telemetry(Strict):
+    node: str
+    timestamp: float
+    driver_version: str
+    devices: list[DeviceTelemetry]
+
+
+class ContextRequest(Strict):
+    pid: int = Field(ge=0)
+    name: str = Field(min_length=1, max_length=128)
+    devices: list[DeviceRef] = Field(min_length=1, max_length=1024)
+    # Per visible device: a memory cap in bytes (shared replicas).
+    memory_limits: dict[DeviceRef, int] = Field(default_factory=dict)
+    # A context not heard from within its lease is reaped, as if its process had exited.
+    lease_seconds: float | None = Field(default=None, gt=0, le=86_400)
+
+
+class ContextDevice(Strict):
+    index: int
+    uuid: str
+    memory_limit_bytes: int | None
+    memory_used_bytes: int
+
+
+class Context(Strict):
+    id: str
+    pid: int
+    name: str
+    created_at: float
+    lease_seconds: float | None
+    devices: list[ContextDevice]
+
+
+class AllocationRequest(Strict):
+    device: DeviceRef
+    size: int = Field(gt=0, le=1 << 50)
+
+
+class Allocation(Strict):
+    handle: str
+    device_uuid: str
+    size: int
+
+
+class LaunchRequest(Strict):
+    device: DeviceRef
+    ops: float = Field(gt=0, le=1e18)
+    kind: Literal["vector", "matrix"] = "vector"
+
+
+class LaunchResult(Strict):
+    device_uuid: str
+    queued_ops: float
+    estimated_seconds: float
+
+
+class SyncRequest(Strict):
+    device: DeviceRef | None = None
+
+
+class SyncResult(Strict):
+    pending_ops: float
+    estimated_seconds: float
+
+
+class FaultRequest(Strict):
+    device: DeviceRef
+    code: int
+    sticky: bool | None = None
+    recover_after_seconds: float | None = Field(default=None, gt=0, le=86_400)
+    message: str = Field(default="", max_length=256)
+
+
+class FaultInjected(Strict):
+    device_uuid: str
+    code: int
+    name: str
+    severity: str
+    health: str
+
+
+class FaultsCleared(Strict):
+    device_uuid: str
+    cleared: list[int]
+    health: str
+
+
+class ClockAdvance(Strict):
+    seconds: float = Field(ge=0, le=86_400)
+
+
+class ClockReading(Strict):
+    now: float
+
+
+class Event(Strict):
+    """One line of the event stream. `snapshot` opens every stream with each device's health."""
+
+    seq: int
+    time: float
+    type: Literal["snapshot", "health", "fault"]
+    device_index: int
+    device_uuid: str
+    health: str
+    previous_health: str | None = None
+    code: int | None = None
+    reason: str = ""

@@ -1,0 +1,224 @@
+"""The one module that talks to xpud. Sync for CLIs and workloads, async for node agents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from openxpu_runtime import api
+from openxpu_runtime.errors import BY_CODE, InvalidArgument, Unreachable, XpuError
+from openxpu_runtime.paths import default_socket
+
+M = TypeVar("M", bound=BaseModel)
+# The socket is local: anything slower than this is a hung daemon, not a slow network.
+TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+_CONTEXTS = TypeAdapter(list[api.Context])
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        raise XpuError(f"xpud answered {response.status_code}: {response.text[:200]}") from None
+    if isinstance(body.get("error"), dict):
+        err = body["error"]
+        raise BY_CODE.get(err.get("code"), XpuError)(err.get("message", ""))
+    if response.status_code == 422:  # request validation, in FastAPI's shape
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg')}"
+            for d in body.get("detail", [])
+        )
+        raise InvalidArgument(f"invalid request: {problems}")
+    raise XpuError(f"xpud answered {response.status_code}: {body}")
+
+
+def _unreachable(socket: Path, exc: Exception) -> Unreachable:
+    return Unreachable(
+        f"cannot reach xpud at {socket} ({exc}); is the XPU driver installed and xpud running?"
+    )
+
+
+def _parse_event(line: bytes | str) -> api.Event | None:
+    line = line.strip()
+    return api.Event.model_validate(json.loads(line)) if line else None
+
+
+class XpudClient:
+    def __init__(self, socket: Path | None = None, timeout: httpx.Timeout = TIMEOUT) -> None:
+        self.socket = socket or default_socket()
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)),
+            base_url="http://xpud",
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> XpudClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(
+                method,
+                path,
+                params=params,
+                json=body.model_dump(exclude_none=True) if body else None,
+            )
+        except httpx.TransportError as exc:
+            raise _unreachable(self.socket, exc) from exc
+        _raise_for(response)
+        return response
+
+    def _get(self, path: str, model: type[M]) -> M:
+        return model.model_validate(self._call("GET", path).json())
+
+    def _post(self, path: str, body: BaseModel, model: type[M]) -> M:
+        return model.model_validate(self._call("POST", path, body).json())
+
+    # -- readings -------------------------------------------------------------------------
+
+    def version(self) -> api.VersionInfo:
+        return self._get("/v1/version", api.VersionInfo)
+
+    def inventory(self) -> api.Inventory:
+        return self._get("/v1/inventory", api.Inventory)
+
+    def telemetry(self) -> api.Telemetry:
+        return self._get("/v1/telemetry", api.Telemetry)
+
+    def device(self, ref: str | int) -> api.DeviceTelemetry:
+        return self._get(f"/v1/devices/{ref}", api.DeviceTelemetry)
+
+    def processes(self) -> list[api.Context]:
+        return _CONTEXTS.validate_python(self._call("GET", "/v1/processes").json())
+
+    def events(self) -> Iterator[api.Event]:
+        """The health-event stream: a snapshot of every device, then changes as they happen."""
+        try:
+            with self._http.stream("GET", "/v1/events", timeout=httpx.Timeout(None)) as r:
+                _raise_for(r)
+                for line in r.iter_lines():
+                    event = _parse_event(line)
+                    if event:
+                        yield event
+        except httpx.TransportError as exc:
+            raise _unreachable(self.socket, exc) from exc
+
+    # -- workloads ------------------------------------------------------------------------
+
+    def open_context(self, req: api.ContextRequest) -> api.Context:
+        return self._post("/v1/contexts", req, api.Context)
+
+    def heartbeat(self, context_id: str) -> api.Context:
+        return model_from(self._call("POST", f"/v1/contexts/{context_id}/heartbeat"), api.Context)
+
+    def close_context(self, context_id: str) -> None:
+        self._call("DELETE", f"/v1/contexts/{context_id}")
+
+    def allocate(self, context_id: str, device: str, size: int) -> api.Allocation:
+        req = api.AllocationRequest(device=device, size=size)
+        return self._post(f"/v1/contexts/{context_id}/allocations", req, api.Allocation)
+
+    def free(self, context_id: str, handle: str) -> None:
+        self._call("DELETE", f"/v1/contexts/{context_id}/allocations/{handle}")
+
+    def launch(
+        self, context_id: str, device: str, ops: float, kind: str = "vector"
+    ) -> api.LaunchResult:
+        req = api.LaunchRequest(device=device, ops=ops, kind=kind)  # type: ignore[arg-type]
+        return self._post(f"/v1/contexts/{context_id}/launches", req, api.LaunchResult)
+
+    def synchronize(self, context_id: str, device: str | None = None) -> api.SyncResult:
+        req = api.SyncRequest(device=device)
+        return self._post(f"/v1/contexts/{context_id}/synchronize", req, api.SyncResult)
+
+    # -- faults and the test clock --------------------------------------------------------
+
+    def inject_fault(self, req: api.FaultRequest) -> api.FaultInjected:
+        return self._post("/v1/faults", req, api.FaultInjected)
+
+    def clear_faults(self, device: str, code: int | None = None) -> api.FaultsCleared:
+        params = {"code": code} if code is not None else None
+        return model_from(
+            self._call("DELETE", f"/v1/faults/{device}", params=params), api.FaultsCleared
+        )
+
+    def advance_clock(self, seconds: float) -> float:
+        return self._post(
+            "/v1/clock/advance", api.ClockAdvance(seconds=seconds), api.ClockReading
+        ).now
+
+
+def model_from(response: httpx.Response, model: type[M]) -> M:
+    return model.model_validate(response.json())
+
+
+class AsyncXpudClient:
+    """What node agents (device plugin, exporter) read: inventory, telemetry, events."""
+
+    def __init__(self, socket: Path | None = None, timeout: httpx.Timeout = TIMEOUT) -> None:
+        self.socket = socket or default_socket()
+        self._http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+            base_url="http://xpud",
+            timeout=timeout,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncXpudClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _get(self, path: str, model: type[M]) -> M:
+        try:
+            response = await self._http.get(path)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.socket, exc) from exc
+        _raise_for(response)
+        return model.model_validate(response.json())
+
+    async def version(self) -> api.VersionInfo:
+        return await self._get("/v1/version", api.VersionInfo)
+
+    async def inventory(self) -> api.Inventory:
+        return await self._get("/v1/inventory", api.Inventory)
+
+    async def telemetry(self) -> api.Telemetry:
+        return await self._get("/v1/telemetry", api.Telemetry)
+
+    async def events(self, read_timeout: float = 30.0) -> AsyncIterator[api.Event]:
+        """As `XpudClient.events`; raises Unreachable when the daemon goes away or falls
+        silent for `read_timeout` (it sends a keepalive line every 10 s)."""
+        timeout = httpx.Timeout(TIMEOUT.connect, read=read_timeout)
+        try:
+            async with self._http.stream("GET", "/v1/events", timeout=timeout) as r:
+                _raise_for(r)
+                async for line in r.aiter_lines():
+                    event = _parse_event(line)
+                    if event:
+                        yield event
+        except httpx.TransportError as exc:
+            raise _unreachable(self.socket, exc) from exc
+        raise _unreachable(self.socket, ConnectionError("event stream ended"))

@@ -1,0 +1,52 @@
+"""Host paths of the design brief, all relative to one root so tests run in a temp dir."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SOCKET_ENV = "XPUD_SOCKET"
+DEFAULT_SOCKET = Path("/run/openxpu/xpud.sock")
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    root: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run/openxpu"
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "xpud.sock"
+
+    @property
+    def validations_dir(self) -> Path:
+        return self.run_dir / "validations"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "var/lib/openxpu"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def device_dir(self) -> Path:
+        return self.root / "dev"
+
+    @property
+    def cdi_spec(self) -> Path:
+        return self.root / "var/run/cdi/openxpu.io-xpu.yaml"
+
+    @property
+    def driver_dir(self) -> Path:
+        return self.root / "opt/openxpu/driver"
+
+
+def default_socket() -> Path:
+    """Where clients find xpud: $XPUD_SOCKET, else the host default."""
+    return Path(os.environ.get(SOCKET_ENV, str(DEFAULT_SOCKET)))
