@@ -1,0 +1,153 @@
+"""Certificates, kubeconfigs and command lines of etcd and the Kubernetes control plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from openxpu_lab import paths, pki
+from openxpu_lab.kubeconfig import write_kubeconfig
+from openxpu_lab.settings import KUBERNETES_SERVICE_IP, SERVICE_CIDR, LabSettings
+
+
+@dataclass(frozen=True)
+class Credentials:
+    ca: pki.CertPair
+    apiserver: pki.CertPair
+    kubelet_client: pki.CertPair
+    sa: pki.CertPair
+    admin_kubeconfig: Path
+    controller_manager_kubeconfig: Path
+    scheduler_kubeconfig: Path
+    kubelet_kubeconfig: Path
+    proxy_kubeconfig: Path
+
+
+def ensure_credentials(s: LabSettings) -> Credentials:
+    d = s.layout.pki
+    ca = pki.ensure_ca(d)
+    apiserver = pki.ensure_cert(
+        d,
+        ca,
+        "apiserver",
+        "kube-apiserver",
+        server=True,
+        dns=(
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "localhost",
+        ),
+        ips=tuple(dict.fromkeys(("127.0.0.1", s.bind_ip, KUBERNETES_SERVICE_IP))),
+    )
+    kubelet_client = pki.ensure_cert(
+        d, ca, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+        orgs=("system:masters",),
+    )
+    sa = pki.ensure_service_account_key(d)
+
+    def kc(name: str, cn: str, orgs: tuple[str, ...] = ()) -> Path:
+        pair = pki.ensure_cert(d, ca, name, cn, orgs=orgs)
+        return write_kubeconfig(s.layout.config / f"{name}.kubeconfig", s.server_url,
+                                ca.cert, pair, cn)
+
+    admin = kc("admin", "openxpu-lab-admin", ("system:masters",))
+    s.layout.admin_kubeconfig.write_text(admin.read_text())
+    s.layout.admin_kubeconfig.chmod(0o600)
+    return Credentials(
+        ca=ca,
+        apiserver=apiserver,
+        kubelet_client=kubelet_client,
+        sa=sa,
+        admin_kubeconfig=s.layout.admin_kubeconfig,
+        controller_manager_kubeconfig=kc("controller-manager", "system:kube-controller-manager"),
+        scheduler_kubeconfig=kc("scheduler", "system:kube-scheduler"),
+        kubelet_kubeconfig=kc(
+            "kubelet", f"system:node:{s.node_name}", ("system:nodes",)
+        ),
+        proxy_kubeconfig=kc("kube-proxy", "system:kube-proxy"),
+    )
+
+
+def etcd_argv(s: LabSettings) -> list[str]:
+    peer = f"http://127.0.0.1:{s.etcd_peer_port}"
+    return [
+        "etcd",
+        "--name=openxpu-lab",
+        f"--data-dir={s.layout.etcd_data}",
+        f"--listen-client-urls={s.etcd_url}",
+        f"--advertise-client-urls={s.etcd_url}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=openxpu-lab={peer}",
+        "--initial-cluster-state=new",
+        # A throwaway single-member store on loopback: keep it small and quick.
+        "--quota-backend-bytes=2147483648",
+        "--snapshot-count=10000",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_argv(s: LabSettings, c: Credentials) -> list[str]:
+    bind = paths.k8s_bin_dir()
+    return [
+        str(bind / "kube-apiserver"),
+        f"--etcd-servers={s.etcd_url}",
+        f"--bind-address={s.bind_ip}",
+        f"--advertise-address={s.bind_ip}",
+        f"--secure-port={s.apiserver_port}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--client-ca-file={c.ca.cert}",
+        f"--tls-cert-file={c.apiserver.cert}",
+        f"--tls-private-key-file={c.apiserver.key}",
+        f"--kubelet-client-certificate={c.kubelet_client.cert}",
+        f"--kubelet-client-key={c.kubelet_client.key}",
+        f"--service-account-key-file={c.sa.cert}",
+        f"--service-account-signing-key-file={c.sa.key}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true",
+        # The lab's node address is its own bridge; the kubelet serves on it.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def controller_manager_argv(s: LabSettings, c: Credentials) -> list[str]:
+    kc = c.controller_manager_kubeconfig
+    return [
+        str(paths.k8s_bin_dir() / "kube-controller-manager"),
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        "--secure-port=10257",
+        "--leader-elect=false",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={c.sa.key}",
+        f"--root-ca-file={c.ca.cert}",
+        f"--cluster-signing-cert-file={c.ca.cert}",
+        f"--cluster-signing-key-file={c.ca.key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # Pod addresses come from the CNI host-local range, not from node.spec.podCIDR.
+        "--allocate-node-cidrs=false",
+        "--controllers=*,-cloud-node-lifecycle,-service,-route",
+        "--v=1",
+    ]
+
+
+def scheduler_argv(s: LabSettings, c: Credentials) -> list[str]:
+    kc = c.scheduler_kubeconfig
+    return [
+        str(paths.k8s_bin_dir() / "kube-scheduler"),
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        "--secure-port=10259",
+        "--leader-elect=false",
+        "--v=1",
+    ]

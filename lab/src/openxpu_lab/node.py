@@ -1,0 +1,195 @@
+"""The node: containerd (CRI + CDI), CNI bridge, kubelet and kube-proxy configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from openxpu_lab import paths
+from openxpu_lab.controlplane import Credentials
+from openxpu_lab.settings import (
+    BRIDGE,
+    CLUSTER_DOMAIN,
+    CNI_NETWORK,
+    NODE_IP,
+    POD_CIDR,
+    POD_GATEWAY,
+    LabSettings,
+)
+
+PAUSE_IMAGE = "localhost/openxpu-lab/pause:1"
+CNI_BIN_DIR = "/usr/lib/cni"
+CDI_SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
+RUNC = "/usr/sbin/runc"
+
+
+def containerd_config(s: LabSettings) -> str:
+    lay = s.layout
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    cdi_dirs = ", ".join(json.dumps(d) for d in CDI_SPEC_DIRS)
+    return f"""version = 2
+root = "{lay.containerd_root}"
+state = "{lay.containerd_state}"
+oom_score = 0
+
+[grpc]
+  address = "{lay.containerd_socket}"
+
+[{cri}]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # Devices are handed to containers as CDI names (openxpu.io/xpu=<uuid>).
+  enable_cdi = true
+  cdi_spec_dirs = [{cdi_dirs}]
+  # The host's capability bounding set lacks CAP_SYS_RESOURCE: never ask runc for an
+  # oom_score_adj below containerd's own.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+
+[{cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[{cri}.containerd.runtimes.runc.options]
+  BinaryName = "{RUNC}"
+  SystemdCgroup = false
+
+[{cri}.cni]
+  bin_dir = "{CNI_BIN_DIR}"
+  conf_dir = "{lay.cni_conf_dir}"
+  max_conf_num = 1
+"""
+
+
+def cni_config(s: LabSettings) -> str:
+    doc = {
+        "cniVersion": "1.0.0",
+        "name": CNI_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                # No masquerade: pods talk to each other and to this host only.
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": POD_CIDR, "gateway": POD_GATEWAY}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(s.layout.cni_ipam_dir),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def kubelet_config(s: LabSettings, c: Credentials) -> str:
+    doc = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": NODE_IP,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": str(c.ca.cert)},
+        },
+        "authorization": {"mode": "Webhook"},
+        # cgroup v1 host without systemd as pid 1: cgroupfs is the only driver that works.
+        "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{s.layout.containerd_socket}",
+        "clusterDomain": CLUSTER_DOMAIN,
+        "failSwapOn": False,
+        "resolvConf": "/etc/resolv.conf",
+        # A dev machine's disk is often fuller than a server's: do not evict for it.
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+        },
+        # Images are imported, never pulled: garbage collecting them would lose them.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+        "nodeStatusUpdateFrequency": "5s",
+        "maxPods": 110,
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def kube_proxy_config(s: LabSettings, c: Credentials) -> str:
+    doc = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(c.proxy_kubeconfig)},
+        "mode": "iptables",
+        "clusterCIDR": POD_CIDR,
+        "hostnameOverride": s.node_name,
+        "bindAddress": NODE_IP,
+        "metricsBindAddress": "127.0.0.1:10249",
+        "healthzBindAddress": "127.0.0.1:10256",
+        # Leave the host's conntrack sysctls alone.
+        "conntrack": {"maxPerCore": 0, "min": 0},
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def write_node_configs(s: LabSettings, c: Credentials) -> None:
+    lay = s.layout
+    for d in (lay.containerd_root, lay.containerd_state, lay.cni_conf_dir, lay.cni_ipam_dir,
+              lay.kubelet_root):
+        d.mkdir(parents=True, exist_ok=True)
+    lay.containerd_config.write_text(containerd_config(s))
+    (lay.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(cni_config(s))
+    (lay.config / "kubelet.json").write_text(kubelet_config(s, c))
+    (lay.config / "kube-proxy.json").write_text(kube_proxy_config(s, c))
+
+
+def containerd_env() -> dict[str, str]:
+    # Our shim must win over any containerd-shim-runc-v2 that a Debian package put on PATH.
+    import os
+
+    return {"PATH": f"{paths.containerd_bin_dir()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+def containerd_argv(s: LabSettings) -> list[str]:
+    return [
+        str(paths.containerd_bin_dir() / "containerd"),
+        f"--config={s.layout.containerd_config}",
+        "--log-level=info",
+    ]
+
+
+def kubelet_argv(s: LabSettings, c: Credentials) -> list[str]:
+    return [
+        str(paths.k8s_bin_dir() / "kubelet"),
+        f"--config={s.layout.config / 'kubelet.json'}",
+        f"--kubeconfig={c.kubelet_kubeconfig}",
+        f"--root-dir={s.layout.kubelet_root}",
+        f"--cert-dir={s.layout.kubelet_root / 'pki'}",
+        f"--hostname-override={s.node_name}",
+        f"--node-ip={NODE_IP}",
+        "--v=1",
+    ]
+
+
+def kube_proxy_argv(s: LabSettings) -> list[str]:
+    return [
+        str(paths.k8s_bin_dir() / "kube-proxy"),
+        f"--config={s.layout.config / 'kube-proxy.json'}",
+        "--v=1",
+    ]
+
+
+def ctr(s: LabSettings, *args: str | Path) -> list[str]:
+    return [str(paths.containerd_bin_dir() / "ctr"), "--address", str(s.layout.containerd_socket),
+            "--namespace", "k8s.io", *[str(a) for a in args]]

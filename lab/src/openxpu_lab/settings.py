@@ -1,0 +1,50 @@
+"""The shape of one lab: addresses, ports, names. Fixed defaults so certificates and
+kubeconfigs stay valid across restarts and machines."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from openxpu_lab.paths import StateLayout
+
+# The node and API server address lives on the lab's own bridge, not on a host NIC, so it
+# is the same on every machine and traffic to it never leaves the host.
+NODE_IP = "10.87.0.1"
+BRIDGE = "oxlab0"
+POD_CIDR = "10.88.0.0/16"
+POD_GATEWAY = "10.88.0.1"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+CLUSTER_DOMAIN = "cluster.local"
+CNI_NETWORK = "openxpu-lab"
+
+
+def default_node_name() -> str:
+    name = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
+    return name or "openxpu-lab"
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    layout: StateLayout
+    node_name: str
+    bind_ip: str = NODE_IP
+    apiserver_port: int = 6443
+    etcd_client_port: int = 12379
+    etcd_peer_port: int = 12380
+    apiserver_only: bool = False
+
+    @property
+    def server_url(self) -> str:
+        return f"https://{self.bind_ip}:{self.apiserver_port}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_client_port}"
+
+    @staticmethod
+    def for_state(root: Path, node_name: str | None = None) -> LabSettings:
+        return LabSettings(StateLayout(root), node_name or default_node_name())

@@ -1,0 +1,26 @@
+"""Pinned versions of everything the lab builds or installs.
+
+Kubernetes v1.33: the newest minor whose kubelet runs on a cgroup v1 host without opting
+out of anything (1.35 refuses cgroup v1 unless `failCgroupV1: false`; 1.34 makes the
+cgroup driver come from the CRI runtime's RuntimeConfig, which containerd 1.7 answers but
+1.6 does not). See docs/lab.md for the full reasoning.
+"""
+
+from typing import Final
+
+KUBERNETES: Final = "v1.33.13"
+# Staging modules (k8s.io/api, k8s.io/client-go, ...) are tagged v0.<minor>.<patch>.
+KUBERNETES_STAGING: Final = "v0.33.13"
+KUBERNETES_COMPONENTS: Final = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+)
+# Debian bookworm ships containerd 1.6.20, which has no CDI support (added in 1.7);
+# the device plugin hands out devices as CDI names, so containerd is built from its module.
+CONTAINERD: Final = "v1.7.35"
+CONTAINERD_COMMANDS: Final = ("containerd", "containerd-shim-runc-v2", "ctr")
+HELM: Final = "v3.22.0"
+DEBIAN_SUITE: Final = "bookworm"
