@@ -41,6 +41,7 @@ class DeviceInfo(Strict):
     memory_total_bytes: int
     compute_units: int
     max_clock_mhz: int
+    peak_ops_per_second: float
     tdp_watts: float
     link_group: int
     numa_node: int

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+import socket
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from openxpu_runtime import api
 from openxpu_runtime.errors import BY_CODE, InvalidArgument, Unreachable, XpuError
@@ -39,6 +41,31 @@ def _raise_for(response: httpx.Response) -> None:
     raise XpuError(f"xpud answered {response.status_code}: {body}")
 
 
+class _ProbingBackend(httpcore.SyncBackend):
+    """httpcore's sync backend leaks the socket when a unix connect fails (ResourceWarning
+    on every retry against a stopped daemon); probe with a socket we close ourselves."""
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(timeout)
+            try:
+                probe.connect(path)
+            except OSError as exc:
+                raise httpcore.ConnectError(str(exc)) from exc
+        return super().connect_unix_socket(path, timeout, socket_options)
+
+
+def _unix_transport(path: Path) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(uds=str(path))
+    transport._pool = httpcore.ConnectionPool(uds=str(path), network_backend=_ProbingBackend())
+    return transport
+
+
 def _unreachable(socket: Path, exc: Exception) -> Unreachable:
     return Unreachable(
         f"cannot reach xpud at {socket} ({exc}); is the XPU driver installed and xpud running?"
@@ -50,11 +77,20 @@ def _parse_event(line: bytes | str) -> api.Event | None:
     return api.Event.model_validate(json.loads(line)) if line else None
 
 
+def _request(model: type[M], **fields: Any) -> M:
+    """Build a request, refusing bad arguments the way the daemon would."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgument(f"invalid request: {problems}") from None
+
+
 class XpudClient:
     def __init__(self, socket: Path | None = None, timeout: httpx.Timeout = TIMEOUT) -> None:
         self.socket = socket or default_socket()
         self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket)),
+            transport=_unix_transport(self.socket),
             base_url="http://xpud",
             timeout=timeout,
         )
@@ -134,7 +170,7 @@ class XpudClient:
         self._call("DELETE", f"/v1/contexts/{context_id}")
 
     def allocate(self, context_id: str, device: str, size: int) -> api.Allocation:
-        req = api.AllocationRequest(device=device, size=size)
+        req = _request(api.AllocationRequest, device=device, size=size)
         return self._post(f"/v1/contexts/{context_id}/allocations", req, api.Allocation)
 
     def free(self, context_id: str, handle: str) -> None:
@@ -143,11 +179,11 @@ class XpudClient:
     def launch(
         self, context_id: str, device: str, ops: float, kind: str = "vector"
     ) -> api.LaunchResult:
-        req = api.LaunchRequest(device=device, ops=ops, kind=kind)  # type: ignore[arg-type]
+        req = _request(api.LaunchRequest, device=device, ops=ops, kind=kind)
         return self._post(f"/v1/contexts/{context_id}/launches", req, api.LaunchResult)
 
     def synchronize(self, context_id: str, device: str | None = None) -> api.SyncResult:
-        req = api.SyncRequest(device=device)
+        req = _request(api.SyncRequest, device=device)
         return self._post(f"/v1/contexts/{context_id}/synchronize", req, api.SyncResult)
 
     # -- faults and the test clock --------------------------------------------------------

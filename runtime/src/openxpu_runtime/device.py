@@ -62,6 +62,7 @@ class BusySlice:
     end: float
     busy: float
     matrix_busy: float
+    energy: float
 
 
 @dataclass
@@ -187,7 +188,7 @@ class Device:
             -dt / p.thermal_tau_seconds
         )
         self.sim_time = start + dt
-        self.slices.append(BusySlice(start, self.sim_time, busy, matrix_busy))
+        self.slices.append(BusySlice(start, self.sim_time, busy, matrix_busy, self.power * dt))
         return self._check_faults()
 
     def _check_faults(self) -> list[FaultChange]:
@@ -208,22 +209,29 @@ class Device:
 
     # -- readings -------------------------------------------------------------------------
 
-    def _busy_in_window(self, window: float) -> tuple[float, float]:
+    def _window(self, window: float) -> tuple[float, float, float]:
+        """Busy seconds, matrix-busy seconds and energy within the trailing window."""
         lo = self.sim_time - window
         while self.slices and self.slices[0].end <= lo:
             self.slices.popleft()
-        busy = matrix = 0.0
+        busy = matrix = energy = 0.0
         for s in self.slices:
             overlap = (min(s.end, self.sim_time) - max(s.start, lo)) / (s.end - s.start)
             busy += s.busy * overlap
             matrix += s.matrix_busy * overlap
-        return busy / window, matrix / window
+            energy += s.energy * overlap
+        return busy, matrix, energy
 
     def utilization(self, window: float) -> float:
-        return min(1.0, self._busy_in_window(window)[0])
+        return min(1.0, self._window(window)[0] / window)
 
     def matrix_utilization(self, window: float) -> float:
-        return min(1.0, self._busy_in_window(window)[1])
+        return min(1.0, self._window(window)[1] / window)
+
+    def average_power(self, window: float) -> float:
+        """Power as management tools report it: averaged over the window, not instantaneous."""
+        covered = min(window, sum(s.end - s.start for s in self.slices)) if self.slices else 0.0
+        return self._window(window)[2] / covered if covered else self.power
 
     def pending_ops(self, context_id: str | None = None) -> float:
         return sum(

@@ -131,6 +131,11 @@ class StateStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
+    def checkpoint(self) -> None:
+        """Make the current state the backup: called when xpud stops cleanly."""
+        if self.path.exists():
+            shutil.copy2(self.path, self.backup_path)
+
     def restore_backup(self) -> None:
         if not self.backup_path.exists():
             raise CorruptStateError(f"no backup at {self.backup_path}")

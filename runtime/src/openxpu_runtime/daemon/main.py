@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import types
@@ -36,8 +37,12 @@ class XpudServer(uvicorn.Server):
         self._on_exit = on_exit
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        # Not super(): uvicorn re-raises the signal after serving, which would kill xpud
+        # before it saves its state. A second SIGINT still forces the exit.
         self._on_exit()  # end event streams now rather than after the grace period
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,6 +142,8 @@ async def serve(engine: Engine, sock: Path, tick: float, log_level: str) -> None
                 await ticker
         engine.advance()
         engine.persist()
+        if engine.store:
+            engine.store.checkpoint()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""kubelet device plugin, feature discovery and CDI for OpenXPU."""
