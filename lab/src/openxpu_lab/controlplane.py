@@ -39,7 +39,7 @@ def ensure_credentials(s: LabSettings) -> Credentials:
             "kubernetes.default.svc.cluster.local",
             "localhost",
         ),
-        ips=tuple(dict.fromkeys(("127.0.0.1", s.bind_ip, KUBERNETES_SERVICE_IP))),
+        ips=tuple(dict.fromkeys(("127.0.0.1", s.advertise_ip, KUBERNETES_SERVICE_IP))),
     )
     kubelet_client = pki.ensure_cert(
         d, ca, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
@@ -95,7 +95,7 @@ def apiserver_argv(s: LabSettings, c: Credentials) -> list[str]:
         str(bind / "kube-apiserver"),
         f"--etcd-servers={s.etcd_url}",
         f"--bind-address={s.bind_ip}",
-        f"--advertise-address={s.bind_ip}",
+        f"--advertise-address={s.advertise_ip}",
         f"--secure-port={s.apiserver_port}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         f"--client-ca-file={c.ca.cert}",

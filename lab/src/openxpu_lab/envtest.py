@@ -48,6 +48,7 @@ def start_apiserver_only(root: Path, progress: Progress | None = None) -> ApiSer
         StateLayout(root),
         node_name="envtest",
         bind_ip="127.0.0.1",
+        advertise_ip="127.0.0.1",
         apiserver_port=_free_port(),
         etcd_client_port=_free_port(),
         etcd_peer_port=_free_port(),

@@ -13,6 +13,9 @@ from openxpu_lab.paths import StateLayout
 # The node and API server address lives on the lab's own bridge, not on a host NIC, so it
 # is the same on every machine and traffic to it never leaves the host.
 NODE_IP = "10.87.0.1"
+# A port-less bridge holds NODE_IP: the CNI bridge plugin insists that its own bridge has
+# exactly one IPv4 address (the pod gateway), and this kernel has no dummy link type.
+HOST_LINK = "oxlab-host"
 BRIDGE = "oxlab0"
 POD_CIDR = "10.88.0.0/16"
 POD_GATEWAY = "10.88.0.1"
@@ -31,7 +34,11 @@ def default_node_name() -> str:
 class LabSettings:
     layout: StateLayout
     node_name: str
-    bind_ip: str = NODE_IP
+    # The API server listens on every address but clients on the host (kubeconfigs, the
+    # kubelet) use loopback: when the lab is down, nothing may go looking for NODE_IP, which
+    # is then routed off the machine. Pods reach it through the kubernetes Service.
+    bind_ip: str = "0.0.0.0"
+    advertise_ip: str = NODE_IP
     apiserver_port: int = 6443
     etcd_client_port: int = 12379
     etcd_peer_port: int = 12380
@@ -39,7 +46,7 @@ class LabSettings:
 
     @property
     def server_url(self) -> str:
-        return f"https://{self.bind_ip}:{self.apiserver_port}"
+        return f"https://127.0.0.1:{self.apiserver_port}"
 
     @property
     def etcd_url(self) -> str:

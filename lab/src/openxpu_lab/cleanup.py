@@ -1,0 +1,120 @@
+"""Leftovers of containers after their processes are gone: mounts, netns, cgroups."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from openxpu_lab.shell import run
+
+CGROUP_V1 = Path("/sys/fs/cgroup")
+# The kubelet (cgroupfs driver, cgroupsPerQOS) puts every pod under this cgroup.
+KUBEPODS = "kubepods"
+
+
+def mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve())
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split()[4].replace("\\040", " ")
+        if mp == prefix or mp.startswith(prefix + "/"):
+            found.append(mp)
+    return found
+
+
+def unmount_under(root: Path) -> int:
+    """Unmount everything below `root`, deepest first. Returns how many were unmounted."""
+    count = 0
+    for _ in range(5):
+        mps = sorted(set(mounts_under(root)), key=lambda m: m.count("/"), reverse=True)
+        if not mps:
+            break
+        for mp in mps:
+            if run(["umount", mp], check=False).returncode != 0:
+                run(["umount", "-l", mp], check=False)
+            count += 1
+    return count
+
+
+def kubepods_pids() -> list[int]:
+    pids: set[int] = set()
+    for sub in ("pids", "memory", "cpu", "freezer"):
+        base = CGROUP_V1 / sub / KUBEPODS
+        if not base.exists():
+            continue
+        for procs_file in base.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(x) for x in procs_file.read_text().split())
+    return sorted(pids)
+
+
+def kill_kubepods() -> int:
+    """Backstop for containers whose shim is already gone: SIGKILL what is left in kubepods."""
+    killed = 0
+    for _ in range(20):
+        pids = kubepods_pids()
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        time.sleep(0.2)
+    return killed
+
+
+def remove_kubepods_cgroups() -> int:
+    removed = 0
+    if not CGROUP_V1.exists():
+        return 0
+    for sub in sorted(CGROUP_V1.iterdir()):
+        base = sub / KUBEPODS
+        if not base.is_dir() or base.is_symlink():
+            continue
+        dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                      reverse=True)
+        for d in [*dirs, base]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+                removed += 1
+    return removed
+
+
+def shim_pids(socket: Path) -> list[int]:
+    """containerd-shim processes serving our containerd (named by its socket path)."""
+    found = []
+    needle = str(socket).encode()
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"containerd-shim" in cmd and needle in cmd:
+            found.append(int(p.name))
+    return found
+
+
+def kill_shims(socket: Path) -> int:
+    pids = shim_pids(socket)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def remove_netns(paths: list[str]) -> int:
+    n = 0
+    for p in paths:
+        if not p.startswith("/var/run/netns/") and not p.startswith("/run/netns/"):
+            continue
+        if os.path.exists(p):
+            run(["umount", p], check=False)
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+                n += 1
+    return n

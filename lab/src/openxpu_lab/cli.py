@@ -1,0 +1,166 @@
+"""`openxpu-lab`: a real Kubernetes cluster on this machine, without Docker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from openxpu_lab import envtest, gobuild, procs
+from openxpu_lab.cluster import COMPONENTS, Lab
+from openxpu_lab.paths import default_state_dir
+from openxpu_lab.progress import Progress
+from openxpu_lab.settings import LabSettings
+from openxpu_lab.shell import LabError
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    settings = LabSettings.for_state(Path(args.state_dir), args.node_name)
+    return Lab(settings, Progress(quiet=args.quiet))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    res = lab.up(openxpu_image=not args.no_openxpu_image)
+    info = res.info
+    print(f"kubeconfig: {info['kubeconfig']}")
+    print(f"node:       {info['node']} (Ready)")
+    if res.built_seconds:
+        print(f"figures:    cold build {res.built_seconds:.0f}s this run; "
+              f"start to node Ready {res.ready_seconds:.1f}s")
+    else:
+        print(f"figures:    warm start to node Ready {res.ready_seconds:.1f}s "
+              f"(binaries cached; their cold build took {info['cold_build_seconds']:.0f}s)")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    for line in _lab(args).down(purge=args.purge):
+        print(line)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _lab(args).status()
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        for name, pid in st["components"].items():
+            print(f"{name:24} {'running pid ' + str(pid) if pid else 'stopped'}")
+        print(f"{'node Ready':24} {st['node_ready']}")
+    running = any(st["components"].values())
+    return 0 if (st["node_ready"] or not running) else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    log_dir = Path(args.state_dir) / "logs"
+    f = log_dir / f"{args.component}.log"
+    if not f.exists():
+        raise LabError(f"no log for {args.component} at {f}")
+    print(procs.log_tail(args.component, log_dir, args.lines))
+    if args.follow:
+        with f.open() as fh:
+            fh.seek(0, os.SEEK_END)
+            try:
+                while True:
+                    line = fh.readline()
+                    if line:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                    else:
+                        time.sleep(0.3)
+            except KeyboardInterrupt:
+                return 0
+    return 0
+
+
+def cmd_load_images(args: argparse.Namespace) -> int:
+    _lab(args).load_images(force=args.rebuild)
+    return 0
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    kc = Path(args.state_dir) / "admin.kubeconfig"
+    if not kc.exists():
+        raise LabError("no kubeconfig yet: run `openxpu-lab up` first")
+    print(kc if args.path else kc.read_text(), end="\n" if args.path else "")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    p = Progress(quiet=args.quiet)
+    tools = [gobuild.kubernetes_tool(), gobuild.containerd_tool()]
+    if args.helm:
+        tools.append(gobuild.helm_tool())
+    spent = sum(sum(gobuild.ensure(t, p).values()) for t in tools)
+    print(f"binaries ready; built {spent:.0f}s this run, cold build recorded "
+          f"{gobuild.recorded_build_seconds():.0f}s")
+    for t in tools:
+        print(t.bin_dir)
+    return 0
+
+
+def cmd_apiserver_only(args: argparse.Namespace) -> int:
+    """Run etcd + kube-apiserver in the foreground until ^C (for manual experiments)."""
+    with envtest.apiserver_only() as api:
+        print(f"API server {api.url}\nexport KUBECONFIG={api.kubeconfig}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="openxpu-lab", description=__doc__)
+    ap.add_argument("--state-dir", default=str(default_state_dir()),
+                    help="where the running lab keeps its files (default: %(default)s)")
+    ap.add_argument("--node-name", default=None, help="node name (default: the host name)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="bring the cluster up (idempotent); waits for node Ready")
+    up.add_argument("--no-openxpu-image", action="store_true",
+                    help="skip building/importing the OpenXPU image")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop every lab process and remove what it set up")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the state dir (certs, etcd data, imported images)")
+    down.set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="which components run; is the node Ready")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    lg = sub.add_parser("logs", help="a component's log")
+    lg.add_argument("component", choices=COMPONENTS)
+    lg.add_argument("-n", "--lines", type=int, default=100)
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(func=cmd_logs)
+    li = sub.add_parser("load-images", help="(re)build and import the lab's images")
+    li.add_argument("--rebuild", action="store_true", help="rebuild the OpenXPU image")
+    li.set_defaults(func=cmd_load_images)
+    kc = sub.add_parser("kubeconfig", help="print the admin kubeconfig")
+    kc.add_argument("--path", action="store_true", help="print its path instead")
+    kc.set_defaults(func=cmd_kubeconfig)
+    b = sub.add_parser("build", help="only build the Kubernetes/containerd binaries")
+    b.add_argument("--helm", action="store_true", help="also build helm")
+    b.set_defaults(func=cmd_build)
+    ao = sub.add_parser("apiserver-only", help="etcd + kube-apiserver in the foreground")
+    ao.set_defaults(func=cmd_apiserver_only)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except LabError as exc:
+        print(f"openxpu-lab: error: {exc}", file=sys.stderr)
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Local image builds: pause, busybox, and the OpenXPU image from its Dockerfile."""

@@ -1,0 +1,87 @@
+"""The OpenXPU image: wheels of the workspace packages + images/openxpu/Dockerfile."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from openxpu_lab import paths
+from openxpu_lab.images import builder
+from openxpu_lab.progress import Progress
+from openxpu_lab.shell import LabError, run
+
+OPENXPU_NAME = "openxpu/openxpu:dev"
+# The component folders whose packages go into the image, when they exist.
+MEMBERS = ("runtime", "device-plugin", "exporter", "operator")
+
+
+def repo_root() -> Path:
+    """The workspace checkout: $OPENXPU_REPO, else the nearest parent holding images/openxpu."""
+    env = os.environ.get("OPENXPU_REPO")
+    if env:
+        return Path(env)
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        for d in [start, *start.parents]:
+            if (d / "images" / "openxpu" / "Dockerfile").is_file():
+                return d
+    raise LabError("cannot find the OpenXPU checkout (images/openxpu/Dockerfile); "
+                   "run from inside it or set OPENXPU_REPO")
+
+
+def members(repo: Path) -> list[Path]:
+    return [repo / m for m in MEMBERS if (repo / m / "pyproject.toml").is_file()]
+
+
+def source_key(repo: Path) -> str:
+    """Hash of the Dockerfile and every member's sources: the image's cache key."""
+    h = hashlib.sha256()
+    h.update((repo / "images" / "openxpu" / "Dockerfile").read_bytes())
+    for m in members(repo):
+        files = [m / "pyproject.toml", *sorted((m / "src").rglob("*"))]
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(repo)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _uv() -> str | None:
+    found = shutil.which("uv")
+    local = Path.home() / ".local" / "bin" / "uv"
+    return found or (str(local) if local.exists() else None)
+
+
+def build_wheels(repo: Path, out: Path, progress: Progress) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    uv = _uv()
+    for m in members(repo):
+        with progress.step(f"building the wheel of {m.name}"):
+            if uv:
+                run([uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(m)],
+                    timeout=600)
+            else:
+                run(["python3", "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out),
+                     str(m)], timeout=600)
+
+
+def ensure_image(progress: Progress, force: bool = False) -> Path:
+    """The OCI archive of the OpenXPU image for the current sources (cached by content)."""
+    repo = repo_root()
+    if not members(repo):
+        raise LabError(f"no OpenXPU packages ({', '.join(MEMBERS)}) found in {repo}")
+    out = paths.images_dir() / f"openxpu-{source_key(repo)}.tar"
+    if out.exists() and not force:
+        return out
+    with tempfile.TemporaryDirectory(prefix="openxpu-ctx-") as tmp:
+        ctx = Path(tmp)
+        shutil.copy2(repo / "images" / "openxpu" / "Dockerfile", ctx / "Dockerfile")
+        build_wheels(repo, ctx / "wheels", progress)
+        paths.images_dir().mkdir(parents=True, exist_ok=True)
+        builder.build(ctx / "Dockerfile", ctx, OPENXPU_NAME, out, progress)
+    for old in paths.images_dir().glob("openxpu-*.tar"):
+        if old != out:
+            old.unlink()
+    return out
