@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openxpu_exporter.app import Exporter
 from openxpu_exporter.config import Config
 from openxpu_runtime.testing import XpudProcess

@@ -15,8 +15,9 @@ from typing import NamedTuple
 
 import grpc
 import httpx
-from openxpu_exporter.podresourcesapi import api_pb2, api_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+
+from openxpu_exporter.podresourcesapi import api_pb2, api_pb2_grpc
 
 RESOURCE = "openxpu.io/xpu"
 
@@ -124,7 +125,7 @@ class ExporterProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ExporterProcess:
+    def start(self, timeout: float = 20.0, wait_ready: bool = True) -> ExporterProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env
@@ -134,7 +135,8 @@ class ExporterProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"exporter exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                status = httpx.get(f"{self.url}/readyz", timeout=1.0).status_code
+                if status == 200 or not wait_ready:
                     return self
             except httpx.TransportError:
                 pass
@@ -160,9 +162,9 @@ class ExporterProcess:
 
 @contextlib.contextmanager
 def running_exporter(
-    *args: str, log: Path, env: Mapping[str, str] | None = None
+    *args: str, log: Path, env: Mapping[str, str] | None = None, wait_ready: bool = True
 ) -> Iterator[ExporterProcess]:
-    proc = ExporterProcess(*args, log=log, env=env).start()
+    proc = ExporterProcess(*args, log=log, env=env).start(wait_ready=wait_ready)
     try:
         yield proc
     finally:

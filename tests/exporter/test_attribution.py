@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openxpu_exporter.attribution import PodRef, physical_device
 from openxpu_runtime.testing import XpudProcess
 

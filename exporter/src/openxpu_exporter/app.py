@@ -12,7 +12,6 @@ from typing import Any
 import grpc.aio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from openxpu_runtime.client import AsyncXpudClient
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
@@ -21,6 +20,7 @@ from openxpu_exporter.attribution import PodResourcesClient
 from openxpu_exporter.collector import XpuCollector, pod_labels
 from openxpu_exporter.config import Config
 from openxpu_exporter.snapshot import ExporterState, SnapshotReader
+from openxpu_runtime.client import AsyncXpudClient
 
 log = logging.getLogger(__name__)
 

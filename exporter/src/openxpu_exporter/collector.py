@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from openxpu_runtime import api
-from openxpu_runtime.faults import CATALOG, Health
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -23,6 +21,8 @@ from openxpu_exporter import compat
 from openxpu_exporter.attribution import PodRef
 from openxpu_exporter.config import Config
 from openxpu_exporter.snapshot import ExporterState
+from openxpu_runtime import api
+from openxpu_runtime.faults import CATALOG, Health
 
 Labels = dict[str, str]
 HEALTH_STATES = tuple(h.value for h in Health)

@@ -6,11 +6,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from openxpu_exporter.attribution import PodRef
 from openxpu_runtime import api
 from openxpu_runtime.client import AsyncXpudClient
 from openxpu_runtime.errors import XpuError
-
-from openxpu_exporter.attribution import PodRef
 
 log = logging.getLogger(__name__)
 
