@@ -1,0 +1,190 @@
+"""The plugin's lifecycle: serve, register, re-register when the kubelet restarts or on
+SIGHUP, reload configuration keeping the last good one, retry a failed start, stop cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from openxpu_device_plugin import cdi
+from openxpu_device_plugin.config import Config, ConfigError, ConfigSource
+from openxpu_device_plugin.health import Backoff, HealthWatcher
+from openxpu_device_plugin.registration import register, wait_for_kubelet_restart
+from openxpu_device_plugin.resources import ResourceManager
+from openxpu_device_plugin.server import PluginServer
+from openxpu_runtime import api
+
+log = logging.getLogger(__name__)
+
+
+def endpoint_for(resource: str) -> str:
+    """The socket name: `openxpu.io-xpu.sock` for `openxpu.io/xpu`, like `nvidia-gpu.sock`."""
+    return resource.replace("/", "-") + ".sock"
+
+
+class DevicePlugin:
+    def __init__(self, source: ConfigSource, config: Config, config_poll: float = 2.0) -> None:
+        self.source = source
+        self.config = config
+        self.config_poll = config_poll
+        self.rm = ResourceManager(config)
+        self.health = HealthWatcher(
+            self.rm, Path(config.flags.xpud_socket), on_inventory=self._inventory_changed
+        )
+        self.registered = asyncio.Event()
+        self.registrations = 0
+        self.last_config_error: str | None = None
+        self.reloaded = asyncio.Event()  # set after every reload attempt, good or bad
+        self.server: PluginServer | None = None
+        self._restart = asyncio.Event()
+        self._restart_reason = ""
+        self._stop = asyncio.Event()
+
+    @property
+    def plugin_dir(self) -> Path:
+        return Path(self.config.flags.plugin_dir)
+
+    @property
+    def socket(self) -> Path:
+        return self.plugin_dir / endpoint_for(self.config.advertised_resource)
+
+    # -- control, from signal handlers and tests ------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_restart(self, reason: str) -> None:
+        self._restart_reason = reason
+        self._restart.set()
+
+    def hangup(self) -> None:
+        """SIGHUP: re-read the configuration, then serve and register again."""
+        self.reload()
+        self.request_restart("SIGHUP")
+
+    def reload(self) -> bool:
+        """Re-read the configuration; on error keep the last good one. True if it changed."""
+        try:
+            return self._reload()
+        finally:
+            self.reloaded.set()
+
+    def _reload(self) -> bool:
+        try:
+            new = self.source.load()
+        except ConfigError as exc:
+            self.last_config_error = str(exc)
+            log.error("%s; keeping the last good configuration", exc)
+            return False
+        self.last_config_error = None
+        if new == self.config:
+            return False
+        if new.flags.xpud_socket != self.config.flags.xpud_socket:
+            log.warning("xpudSocket changes take effect on the next start of the plugin")
+        self.config = new
+        self.rm.apply_config(new)
+        log.info("configuration changed: %s", new.model_dump(by_alias=True, mode="json"))
+        self._write_cdi()
+        self.request_restart("configuration changed")
+        return True
+
+    # -- the work -------------------------------------------------------------------------
+
+    async def _inventory_changed(self, inventory: api.Inventory) -> None:
+        self._write_cdi()
+
+    def _write_cdi(self) -> None:
+        if not self.rm.reachable:
+            return
+        spec = cdi.build_spec(self.rm.xpus, self.config.flags.xpud_socket)
+        try:
+            if cdi.write_spec(Path(self.config.flags.cdi_spec_dir), spec):
+                log.info("wrote CDI spec %s", Path(self.config.flags.cdi_spec_dir) / cdi.SPEC_NAME)
+        except OSError as exc:
+            log.error("cannot write the CDI spec in %s: %s", self.config.flags.cdi_spec_dir, exc)
+
+    async def _watch_config(self) -> None:
+        if self.source.file is None:
+            return
+        last = _mtime(self.source.file)
+        while True:
+            await asyncio.sleep(self.config_poll)
+            now = _mtime(self.source.file)
+            if now != last:
+                last = now
+                self.reload()
+
+    async def _serve_once(self, backoff: Backoff) -> None:
+        server = PluginServer(self.rm, self.socket)
+        self.server = server
+        try:
+            await server.start()
+            await register(self.plugin_dir, self.socket.name, self.config.advertised_resource)
+        except Exception as exc:
+            await server.stop()
+            delay = backoff.next()
+            log.error("start failed (%s); retrying in %.1fs", exc, delay)
+            await _first(self._stop.wait(), asyncio.sleep(delay))
+            return
+        backoff.reset()
+        self.registrations += 1
+        self.registered.set()
+        log.info(
+            "registered %s with the kubelet at %s as %s",
+            self.config.advertised_resource,
+            self.plugin_dir,
+            self.socket.name,
+        )
+        watch = asyncio.ensure_future(wait_for_kubelet_restart(self.plugin_dir, self.socket))
+        await _first(self._stop.wait(), self._restart.wait(), watch)
+        if watch.done():
+            self._restart_reason = watch.result()
+        watch.cancel()
+        self.registered.clear()
+        if not self._stop.is_set():
+            log.info("restarting the plugin server: %s", self._restart_reason)
+        self._restart.clear()
+        started = time.monotonic()
+        await server.stop()
+        log.debug("server stopped in %.3fs", time.monotonic() - started)
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self.health.run(), name="health"),
+            asyncio.create_task(self._watch_config(), name="config"),
+        ]
+        backoff = Backoff(initial=0.2, cap=10.0)
+        try:
+            while not self._stop.is_set():
+                await self._serve_once(backoff)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            if self.server is not None:
+                await self.server.stop()
+            log.info("device plugin stopped")
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return None
+
+
+async def _first(*aws: object) -> None:
+    """Wait until the first of `aws` finishes; cancel the others that we created."""
+    futs = [asyncio.ensure_future(a) for a in aws]  # type: ignore[call-overload]
+    try:
+        await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for f, a in zip(futs, aws, strict=True):
+            if f is not a:
+                f.cancel()

@@ -1,0 +1,144 @@
+"""The DevicePlugin gRPC service (v1beta1) on a unix socket: a translation of the resource
+manager's answers into the kubelet's messages, nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from openxpu_device_plugin.kubeletapi import HEALTHY, UNHEALTHY, pb, rpc
+from openxpu_device_plugin.resources import (
+    AllocationError,
+    ContainerAllocation,
+    ResourceManager,
+)
+
+log = logging.getLogger(__name__)
+
+OPTIONS = pb.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+
+def to_devices(rm: ResourceManager) -> list[pb.Device]:
+    return [
+        pb.Device(
+            ID=d.id,
+            health=HEALTHY if d.healthy else UNHEALTHY,
+            topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=d.numa_node)]),
+        )
+        for d in rm.advertised()
+    ]
+
+
+def to_response(a: ContainerAllocation) -> pb.ContainerAllocateResponse:
+    return pb.ContainerAllocateResponse(
+        envs=a.envs,
+        mounts=[
+            pb.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+            for m in a.mounts
+        ],
+        devices=[
+            pb.DeviceSpec(
+                container_path=d.container_path, host_path=d.host_path, permissions=d.permissions
+            )
+            for d in a.devices
+        ],
+        cdi_devices=[pb.CDIDevice(name=n) for n in a.cdi_devices],
+    )
+
+
+class DevicePluginService(rpc.DevicePluginServicer):
+    def __init__(self, rm: ResourceManager) -> None:
+        self.rm = rm
+        self.streams = 0
+
+    async def GetDevicePluginOptions(
+        self, request: pb.Empty, context: aio.ServicerContext[pb.Empty, pb.DevicePluginOptions]
+    ) -> pb.DevicePluginOptions:
+        return OPTIONS
+
+    async def ListAndWatch(
+        self, request: pb.Empty, context: aio.ServicerContext[pb.Empty, pb.ListAndWatchResponse]
+    ) -> AsyncIterator[pb.ListAndWatchResponse]:
+        # Every change (health, inventory, config) re-sends the whole list, as the API asks.
+        self.streams += 1
+        try:
+            generation = self.rm.generation
+            yield pb.ListAndWatchResponse(devices=to_devices(self.rm))
+            while True:
+                generation = await self.rm.wait_changed(generation)
+                yield pb.ListAndWatchResponse(devices=to_devices(self.rm))
+        finally:
+            self.streams -= 1
+
+    async def GetPreferredAllocation(
+        self,
+        request: pb.PreferredAllocationRequest,
+        context: aio.ServicerContext[pb.PreferredAllocationRequest, pb.PreferredAllocationResponse],
+    ) -> pb.PreferredAllocationResponse:
+        out = pb.PreferredAllocationResponse()
+        for req in request.container_requests:
+            if req.allocation_size < 0 or len(req.must_include_deviceIDs) > req.allocation_size:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"allocation_size {req.allocation_size} is smaller than must-include "
+                    f"({len(req.must_include_deviceIDs)})",
+                )
+            ids = self.rm.preferred(
+                list(req.available_deviceIDs), list(req.must_include_deviceIDs), req.allocation_size
+            )
+            out.container_responses.append(pb.ContainerPreferredAllocationResponse(deviceIDs=ids))
+        return out
+
+    async def Allocate(
+        self,
+        request: pb.AllocateRequest,
+        context: aio.ServicerContext[pb.AllocateRequest, pb.AllocateResponse],
+    ) -> pb.AllocateResponse:
+        out = pb.AllocateResponse()
+        for req in request.container_requests:
+            try:
+                a = self.rm.allocate(list(req.devices_ids))
+            except AllocationError as exc:
+                log.warning("refused Allocate %s: %s", list(req.devices_ids), exc)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            out.container_responses.append(to_response(a))
+        return out
+
+    async def PreStartContainer(
+        self,
+        request: pb.PreStartContainerRequest,
+        context: aio.ServicerContext[pb.PreStartContainerRequest, pb.PreStartContainerResponse],
+    ) -> pb.PreStartContainerResponse:
+        return pb.PreStartContainerResponse()
+
+
+class PluginServer:
+    """One serving of the plugin socket; a restart makes a new one."""
+
+    def __init__(self, rm: ResourceManager, socket: Path) -> None:
+        self.socket = socket
+        self.service = DevicePluginService(rm)
+        self._server: aio.Server | None = None
+
+    async def start(self) -> None:
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        # A stale socket from an earlier run would make bind fail.
+        self.socket.unlink(missing_ok=True)
+        server = aio.server()
+        rpc.add_DevicePluginServicer_to_server(self.service, server)
+        if server.add_insecure_port(f"unix://{self.socket}") == 0:
+            raise OSError(f"cannot listen on {self.socket}")
+        await server.start()
+        self._server = server
+
+    async def stop(self, grace: float = 0.05) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        # Only remove the socket if it is still ours (a restarted kubelet may have wiped it).
+        self.socket.unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from openxpu_device_plugin.config import ConfigSource
+from openxpu_device_plugin.plugin import DevicePlugin
+from openxpu_runtime.testing import XpudProcess
+
+from .kubelet_peer import KubeletPeer
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A scratch host root with a short path: unix socket paths are limited to 107 bytes."""
+    root = Path(tempfile.mkdtemp(prefix="xdp-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def xpud(short_root: Path) -> Iterator[XpudProcess]:
+    proc = XpudProcess(short_root, "--profile", "x1-8").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def plugin_dir(short_root: Path) -> Path:
+    d = short_root / "dp"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletPeer]:
+    peer = KubeletPeer(plugin_dir)
+    await peer.start()
+    yield peer
+    await peer.stop()
+
+
+def base_flags(root: Path, plugin_dir: Path) -> dict[str, str | None]:
+    return {
+        "plugin_dir": str(plugin_dir),
+        "xpud_socket": str(root / "run/openxpu/xpud.sock"),
+        "cdi_spec_dir": str(root / "var/run/cdi"),
+    }
+
+
+StartPlugin = Callable[..., Awaitable[DevicePlugin]]
+
+
+@pytest.fixture
+async def start_plugin(short_root: Path, plugin_dir: Path) -> AsyncIterator[StartPlugin]:
+    """Start the plugin in this event loop: `await start_plugin(file=..., **flags)`."""
+    running: list[tuple[DevicePlugin, asyncio.Task[None]]] = []
+
+    async def start(
+        file: Path | None = None, env: dict[str, str] | None = None, **flags: str
+    ) -> DevicePlugin:
+        source = ConfigSource(
+            file=file, env=env or {}, flags={**base_flags(short_root, plugin_dir), **flags}
+        )
+        plugin = DevicePlugin(source, source.load(), config_poll=0.1)
+        running.append((plugin, asyncio.create_task(plugin.run())))
+        return plugin
+
+    yield start
+    for plugin, task in running:
+        plugin.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)

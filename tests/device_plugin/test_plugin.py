@@ -1,0 +1,253 @@
+"""The plugin against a real xpud and a kubelet-side protocol peer, over real unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from grpc import aio
+
+from openxpu_device_plugin.plugin import DevicePlugin
+from openxpu_runtime import api
+from openxpu_runtime.testing import XpudProcess
+
+from .conftest import StartPlugin
+from .kubelet_peer import Devices, KubeletPeer
+
+pytestmark = pytest.mark.integration
+
+
+def all_health(devices: Devices, health: str) -> bool:
+    return bool(devices) and all(h == health for h in devices.values())
+
+
+def uuids(xpud: XpudProcess) -> list[str]:
+    with xpud.client() as c:
+        return [d.uuid for d in c.inventory().devices]
+
+
+async def test_registers_then_lists_devices_with_topology(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    await start_plugin()
+    reg = await kubelet.wait_registered()
+    assert reg.request.version == "v1beta1"
+    assert reg.request.resource_name == "openxpu.io/xpu"
+    assert reg.request.endpoint == "openxpu.io-xpu.sock"
+    assert reg.options.get_preferred_allocation_available
+    _, devices = await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    assert sorted(devices) == sorted(uuids(xpud))
+    with xpud.client() as c:
+        numa = {d.uuid: d.numa_node for d in c.inventory().devices}
+    assert kubelet.current.topology == {u: [n] for u, n in numa.items()}
+
+
+async def test_fault_turns_device_unhealthy_and_recovery_healthy(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    u0, u1 = uuids(xpud)[:2]
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # ECC DBE: sticky
+        _, devices = await kubelet.wait_devices(lambda d: d[u0] == "Unhealthy")
+        assert sum(h == "Unhealthy" for h in devices.values()) == 1
+        c.clear_faults("0")
+        await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+        # A timed fault recovers by itself, and the plugin says so.
+        c.inject_fault(api.FaultRequest(device="1", code=94, recover_after_seconds=1.0))
+        await kubelet.wait_devices(lambda d: d[u1] == "Unhealthy")
+        await kubelet.wait_devices(lambda d: all_health(d, "Healthy"), within=15)
+        # Degraded still runs work: it stays schedulable.
+        c.inject_fault(api.FaultRequest(device="0", code=43))
+        c.inject_fault(api.FaultRequest(device="0", code=79))  # lost
+        await kubelet.wait_devices(lambda d: d[u0] == "Unhealthy")
+    assert kubelet.current.updates[-1][1][u1] == "Healthy"
+
+
+async def test_allocate_gives_env_socket_mount_and_device_nodes(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
+) -> None:
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    ids = uuids(xpud)
+    resp = await kubelet.allocate([ids[2], ids[3]], [ids[0]])
+    first, second = resp.container_responses
+    assert first.envs["XPU_VISIBLE_DEVICES"] == f"{ids[2]},{ids[3]}"
+    assert first.envs["XPUD_SOCKET"] == "/run/openxpu/xpud.sock"
+    assert not any(k.startswith("XPU_MEMORY_LIMIT") for k in first.envs)
+    assert second.envs["XPU_VISIBLE_DEVICES"] == ids[0]
+    mounts = {m.container_path: (m.host_path, m.read_only) for m in first.mounts}
+    assert mounts["/run/openxpu"] == (str(short_root / "run/openxpu"), True)
+    # xpud made its device nodes as plain files here, so they are bind-mounted, not DeviceSpecs.
+    assert mounts["/dev/xpu2"] == (str(short_root / "dev/xpu2"), False)
+    assert "/dev/xpu3" in mounts and not first.devices
+    assert not first.cdi_devices
+
+
+async def test_allocate_refuses_unknown_and_unhealthy_ids(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    ids = uuids(xpud)
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.allocate(["XPU-nope"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown device ID 'XPU-nope'" in (err.value.details() or "")
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="5", code=48))
+    await kubelet.wait_devices(lambda d: d[ids[5]] == "Unhealthy")
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.allocate([ids[4], ids[5]])
+    assert f"device '{ids[5]}' (xpu 5) is Unhealthy" in (err.value.details() or "")
+
+
+async def test_cdi_strategy_names_devices_and_writes_the_spec(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
+) -> None:
+    await start_plugin(device_list_strategy="cdi", device_id_strategy="index")
+    _, devices = await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    assert sorted(devices) == [str(i) for i in range(8)]
+    ids = uuids(xpud)
+    resp = await kubelet.allocate(["1", "6"])
+    (c,) = resp.container_responses
+    assert [d.name for d in c.cdi_devices] == [f"openxpu.io/xpu={ids[i]}" for i in (1, 6)]
+    assert c.envs["XPU_VISIBLE_DEVICES"] == "1,6"
+    assert not c.mounts and not c.devices  # the runtime injects them from the spec
+    spec = yaml.safe_load((short_root / "var/run/cdi/openxpu.io-xpu.yaml").read_text())
+    assert spec["kind"] == "openxpu.io/xpu"
+    names = {d["name"] for d in spec["devices"]}
+    assert set(ids) <= names and {"0", "7", "all"} <= names
+    assert spec["containerEdits"]["mounts"][0]["containerPath"] == "/run/openxpu"
+
+
+async def test_kubelet_restart_leads_to_reregistration(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    plugin = await start_plugin()
+    await kubelet.wait_registered()
+    back = await kubelet.restart()
+    reg = await kubelet.wait_registered(2, within=5)
+    assert reg.at - back < 1.0
+    _, devices = await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    assert len(devices) == 8
+    # SIGHUP does the same.
+    plugin.hangup()
+    await kubelet.wait_registered(3, within=5)
+    assert plugin.registrations == 3
+
+
+async def test_failed_start_is_retried_until_the_kubelet_appears(
+    xpud: XpudProcess, plugin_dir: Path, start_plugin: StartPlugin
+) -> None:
+    plugin = await start_plugin()
+    await asyncio.sleep(0.5)
+    assert plugin.registrations == 0
+    peer = KubeletPeer(plugin_dir)
+    await peer.start()
+    try:
+        await peer.wait_registered(within=15)
+    finally:
+        await peer.stop()
+
+
+async def test_xpud_unreachable_means_all_unhealthy_then_reconnects(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    xpud.stop()
+    _, devices = await kubelet.wait_devices(lambda d: all_health(d, "Unhealthy"))
+    assert len(devices) == 8
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.allocate([next(iter(devices))])
+    assert "xpud is unreachable" in (err.value.details() or "")
+    await asyncio.to_thread(xpud.start)
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"), within=15)
+
+
+async def test_time_slicing_replicas_and_the_greater_than_one_refusal(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
+) -> None:
+    config = short_root / "config.yaml"
+    config.write_text(
+        "version: v1\n"
+        "sharing:\n"
+        "  timeSlicing:\n"
+        "    replicas: 4\n"
+        "    renameByDefault: true\n"
+        "    failRequestsGreaterThanOne: true\n"
+    )
+    await start_plugin(file=config)
+    reg = await kubelet.wait_registered()
+    assert reg.request.resource_name == "openxpu.io/xpu.shared"
+    _, devices = await kubelet.wait_devices(lambda d: len(d) == 32)
+    ids = uuids(xpud)
+    assert set(devices) == {f"{u}::{n}" for u in ids for n in range(4)}
+    resp = await kubelet.allocate([f"{ids[3]}::2"])
+    envs = resp.container_responses[0].envs
+    with xpud.client() as c:
+        memory = c.inventory().devices[3].memory_total_bytes
+    assert envs["XPU_VISIBLE_DEVICES"] == ids[3]
+    assert envs["XPU_MEMORY_LIMIT_0"] == str(memory // 4)
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.allocate([f"{ids[0]}::0", f"{ids[1]}::0"])
+    assert err.value.details() == (
+        "request for 'openxpu.io/xpu.shared: 2' too large: "
+        "maximum request size for shared resources is 1"
+    )
+
+
+async def test_preferred_allocation_on_2x4_link_groups(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    await start_plugin()
+    await kubelet.wait_registered()
+    ids = uuids(xpud)
+    group = {u: i // 4 for i, u in enumerate(ids)}
+    # Four devices: one whole link group.
+    got = await kubelet.preferred(ids, [], 4)
+    assert len({group[u] for u in got}) == 1
+    # Must-include pulls the rest into its own group.
+    got = await kubelet.preferred(ids, [ids[6]], 3)
+    assert got[0] == ids[6] and {group[u] for u in got} == {1}
+    # Two devices when group 0 has 3 free and group 1 has 2: best fit keeps group 0 whole-ish.
+    avail = [ids[0], ids[1], ids[2], ids[5], ids[7]]
+    got = await kubelet.preferred(avail, [], 2)
+    assert set(got) == {ids[5], ids[7]}
+    # Six devices span both groups, the bigger piece first.
+    got = await kubelet.preferred(ids, [], 6)
+    assert len(got) == 6 and len(set(got)) == 6
+
+
+async def test_bad_config_on_reload_keeps_the_last_good_one(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
+) -> None:
+    config = short_root / "config.yaml"
+    config.write_text("version: v1\nsharing:\n  timeSlicing:\n    replicas: 2\n")
+    plugin = await start_plugin(file=config)
+    await kubelet.wait_devices(lambda d: len(d) == 16)
+    config.write_text("version: v1\nsharing:\n  timeSlicing:\n    replicas: lots\n")
+    plugin.reloaded.clear()
+    await asyncio.wait_for(plugin.reloaded.wait(), 5)
+    assert plugin.last_config_error is not None
+    assert "sharing.timeSlicing.replicas" in plugin.last_config_error
+    assert plugin.config.replicas == 2 and plugin.registrations == 1
+    resp = await kubelet.allocate([f"{uuids(xpud)[0]}::1"])  # still serving replicas
+    assert resp.container_responses[0].envs["XPU_MEMORY_LIMIT_0"]
+    # A good edit takes effect: re-registered with the new device list.
+    config.write_text("version: v1\nsharing:\n  timeSlicing:\n    replicas: 3\n")
+    await kubelet.wait_registered(2, within=5)
+    await kubelet.wait_devices(lambda d: len(d) == 24)
+    assert plugin.last_config_error is None
+
+
+def test_plugin_socket_name_follows_the_resource() -> None:
+    from openxpu_device_plugin.plugin import endpoint_for
+
+    assert endpoint_for("openxpu.io/xpu.shared") == "openxpu.io-xpu.shared.sock"
+    assert DevicePlugin  # imported for the fixture's type
