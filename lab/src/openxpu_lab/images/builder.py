@@ -60,9 +60,45 @@ def base_tarball(image: str, progress: Progress) -> Path:
     return out
 
 
+# The host's package-client setup, handed to RUN steps like the network is: build-time only,
+# never stored in the image. Some machines reach the registries through a proxy whose CA
+# only the host trusts, or through pip settings in /etc/pip.conf.
+_PASS_ENV_PREFIXES = ("PIP_", "UV_")
+_PASS_ENV_FILES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                   "PIP_CERT")
+
+
+_BUILD_DIR = ".openxpu-build"
+
+
+def build_env() -> tuple[dict[str, str], dict[Path, str]]:
+    """Environment for RUN steps taken from the host, with the host files it names mapped
+    to bind mounts under /.openxpu-build (so the image's own /etc/ssl stays writable)."""
+    env: dict[str, str] = {}
+    binds: dict[Path, str] = {}
+    pip_conf = Path("/etc/pip.conf")
+    if pip_conf.exists():
+        binds[pip_conf] = "/etc/pip.conf"
+    for k, v in os.environ.items():
+        if not (k.startswith(_PASS_ENV_PREFIXES) or k in _PASS_ENV_FILES):
+            continue
+        parts = []
+        for part in v.split():
+            host = Path(part)
+            if part.startswith("/") and host.exists():
+                if host not in binds:
+                    name = "/" + host.name if host.is_file() else ""
+                    binds[host] = f"/{_BUILD_DIR}/{len(binds)}{name}"
+                part = binds[host]
+            parts.append(part)
+        env[k] = " ".join(parts)
+    return env, binds
+
+
 @contextlib.contextmanager
-def _chroot_mounts(root: Path) -> Iterator[None]:
+def _chroot_mounts(root: Path, binds: dict[Path, str]) -> Iterator[None]:
     mounted: list[Path] = []
+    created: list[Path] = []
     try:
         for src, dst, opts in (("proc", "proc", ["-t", "proc"]),
                                ("/sys", "sys", ["--rbind"]),
@@ -70,6 +106,19 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
             target = root / dst
             target.mkdir(exist_ok=True)
             run(["mount", *opts, src, str(target)])
+            mounted.append(target)
+        for host, inside in binds.items():
+            target = root / inside.lstrip("/")
+            if not target.exists():
+                missing_parents = [p for p in reversed(target.parents) if not p.exists()]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                created += missing_parents
+                if host.is_dir():
+                    target.mkdir()
+                else:
+                    target.touch()
+                created.append(target)
+            run(["mount", "--bind", "-o", "ro", str(host), str(target)])
             mounted.append(target)
         # Name resolution for apt/pip inside the chroot (registries only).
         resolv = root / "etc" / "resolv.conf"
@@ -81,6 +130,10 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
         for target in reversed(mounted):
             if run(["umount", "-R", str(target)], check=False).returncode != 0:
                 run(["umount", "-R", "-l", str(target)], check=False)
+        for c in reversed(created):
+            with contextlib.suppress(OSError):
+                c.rmdir() if c.is_dir() else c.unlink()
+        shutil.rmtree(root / _BUILD_DIR, ignore_errors=True)
         with contextlib.suppress(OSError):
             (root / "etc" / "resolv.conf").write_text("")
 
@@ -156,9 +209,12 @@ def _run(root: Path, workdir: str, env: dict[str, str], st: dockerfile.Instructi
          progress: Progress) -> None:
     argv = dockerfile.exec_or_shell(st.args)
     short = st.args if len(st.args) < 70 else st.args[:67] + "..."
-    with progress.step(f"RUN {short}"), _chroot_mounts(root):
+    host_env, binds = build_env()
+    run_env = {**host_env, **env}
+    with progress.step(f"RUN {short}"), _chroot_mounts(root, binds):
         proc = subprocess.run(
-            ["chroot", str(root), "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
+            ["chroot", str(root), "/usr/bin/env", "-i",
+             *[f"{k}={v}" for k, v in run_env.items()],
              "/bin/sh", "-c", f'cd "$1" && shift && exec "$@"', "sh", workdir, *argv],
             capture_output=True, text=True, timeout=1800, check=False,
         )
