@@ -16,6 +16,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Request(BaseModel):
+    """What clients send: no unknown fields and no coercion (JSON `false` is not a pid)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class ErrorBody(Strict):
     code: str
     message: str
@@ -107,12 +113,12 @@ class Telemetry(Strict):
     devices: list[DeviceTelemetry]
 
 
-class ContextRequest(Strict):
+class ContextRequest(Request):
     pid: int = Field(ge=0)
     name: str = Field(min_length=1, max_length=128)
     devices: list[DeviceRef] = Field(min_length=1, max_length=1024)
     # Per visible device: a memory cap in bytes (shared replicas).
-    memory_limits: dict[DeviceRef, int] = Field(default_factory=dict)
+    memory_limits: dict[DeviceRef, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
     # A context not heard from within its lease is reaped, as if its process had exited.
     lease_seconds: float | None = Field(default=None, gt=0, le=86_400)
 
@@ -133,7 +139,7 @@ class Context(Strict):
     devices: list[ContextDevice]
 
 
-class AllocationRequest(Strict):
+class AllocationRequest(Request):
     device: DeviceRef
     size: int = Field(gt=0, le=1 << 50)
 
@@ -144,7 +150,7 @@ class Allocation(Strict):
     size: int
 
 
-class LaunchRequest(Strict):
+class LaunchRequest(Request):
     device: DeviceRef
     ops: float = Field(gt=0, le=1e18)
     kind: Literal["vector", "matrix"] = "vector"
@@ -156,7 +162,7 @@ class LaunchResult(Strict):
     estimated_seconds: float
 
 
-class SyncRequest(Strict):
+class SyncRequest(Request):
     device: DeviceRef | None = None
 
 
@@ -165,7 +171,7 @@ class SyncResult(Strict):
     estimated_seconds: float
 
 
-class FaultRequest(Strict):
+class FaultRequest(Request):
     device: DeviceRef
     code: int
     sticky: bool | None = None
@@ -187,8 +193,9 @@ class FaultsCleared(Strict):
     health: str
 
 
-class ClockAdvance(Strict):
-    seconds: float = Field(ge=0, le=86_400)
+class ClockAdvance(Request):
+    # Bounded: every simulated second costs ten model sub-steps per device.
+    seconds: float = Field(ge=0, le=3_600)
 
 
 class ClockReading(Strict):

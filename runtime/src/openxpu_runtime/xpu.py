@@ -93,9 +93,16 @@ class XpuSession:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self._client = XpudClient(socket)
+        self._context: api.Context | None = None
+        try:
+            self._open(name, env, lease_seconds)
+        except BaseException:
+            self._client.close()
+            raise
+
+    def _open(self, name: str | None, env: Mapping[str, str], lease_seconds: float) -> None:
         self.devices = select_visible(self._client.inventory().devices, env.get(VISIBLE_ENV))
         self.limits = memory_limits(env, len(self.devices))
-        self._context: api.Context | None = None
         if self.devices:
             self._context = self._client.open_context(
                 api.ContextRequest(

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openxpu_runtime import __version__, api
 from openxpu_runtime.clock import ManualClock
@@ -45,6 +46,13 @@ def create_app(engine: Engine) -> FastAPI:
     async def xpu_error(_: Request, exc: XpuError) -> JSONResponse:
         body = api.ErrorResponse(error=api.ErrorBody(code=exc.code, message=exc.message))
         return JSONResponse(body.model_dump(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes and unparseable bodies answer in the same shape as our own errors.
+        code = {400: "invalid_argument", 404: "not_found"}.get(exc.status_code, "http_error")
+        body = api.ErrorResponse(error=api.ErrorBody(code=code, message=str(exc.detail)))
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,218 @@
+"""What users run: the workload API, the samples, xpu-smi and the driver installer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openxpu_runtime import api
+from openxpu_runtime.errors import InvalidArgument, NotFound, OutOfMemory
+from openxpu_runtime.samples.vectoradd import mismatches, vector_add
+from openxpu_runtime.testing import XpudProcess
+from openxpu_runtime.xpu import XpuSession, parse_size
+
+pytestmark = pytest.mark.integration
+MIB = 1 << 20
+
+
+def run(
+    tool: str,
+    *args: str,
+    socket: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    if socket:
+        full_env["XPUD_SOCKET"] = str(socket)
+    return subprocess.run(
+        [sys.executable, "-m", tool, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def test_a_session_sees_only_its_visible_devices(xpud: XpudProcess) -> None:
+    with xpud.client() as c:
+        uuids = [d.uuid for d in c.inventory().devices]
+    env = {"XPU_VISIBLE_DEVICES": f"{uuids[5]},2", "XPU_MEMORY_LIMIT_0": "64Mi"}
+    with XpuSession(socket=xpud.socket, env=env) as xpu:
+        assert xpu.device_count() == 2
+        assert xpu.get_device_properties(0).uuid == uuids[5]
+        assert xpu.get_device_properties(1).index == 2
+        assert xpu.mem_get_info(0) == (64 * MIB, 64 * MIB)
+        buf = xpu.malloc(48 * MIB, 0)
+        assert xpu.mem_get_info(0)[0] == 16 * MIB
+        with pytest.raises(OutOfMemory, match="limit"):
+            xpu.malloc(32 * MIB, 0)
+        xpu.free(buf)
+        with pytest.raises(InvalidArgument, match="invalid device ordinal 2"):
+            xpu.malloc(1, 2)
+        xpu.launch(1e9, 1)
+        xpu.synchronize()
+        with xpud.client() as c:
+            assert [p.pid for p in c.device(5).processes] == [os.getpid()]
+    with xpud.client() as c:
+        assert c.device(5).processes == []
+    with pytest.raises(NotFound, match="XPU_VISIBLE_DEVICES names 'XPU-bogus'"):
+        XpuSession(socket=xpud.socket, env={"XPU_VISIBLE_DEVICES": "XPU-bogus"})
+    with XpuSession(socket=xpud.socket, env={"XPU_VISIBLE_DEVICES": f"{uuids[1]}::3"}) as xpu:
+        assert [d.index for d in xpu.devices] == [1], "a shared replica is a slice of its device"
+
+
+@pytest.mark.unit
+def test_sizes_parse_like_kubernetes_quantities() -> None:
+    assert parse_size("1048576") == MIB
+    assert parse_size("512Mi") == 512 * MIB
+    assert parse_size("2G") == 2 * 10**9
+    with pytest.raises(InvalidArgument, match="not a memory size"):
+        parse_size("lots")
+
+
+@pytest.mark.unit
+def test_vectoradd_check_catches_a_wrong_result() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.random(1000, dtype=np.float32)
+    b = rng.random(1000, dtype=np.float32)
+    c = vector_add(a, b, chunk=64)
+    assert mismatches(a, b, c) == 0
+    c[517] += 0.01
+    assert mismatches(a, b, c) == 1
+
+
+def test_vectoradd_passes_on_a_visible_device_and_fails_without_one(xpud: XpudProcess) -> None:
+    ok = run(
+        "openxpu_runtime.samples.vectoradd",
+        "--elements",
+        "100000",
+        socket=xpud.socket,
+        env={"XPU_VISIBLE_DEVICES": "1"},
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "Test PASSED" in ok.stdout
+    none = run(
+        "openxpu_runtime.samples.vectoradd", socket=xpud.socket, env={"XPU_VISIBLE_DEVICES": "none"}
+    )
+    assert none.returncode == 2 and "no XPU visible" in none.stderr
+    tiny = run(
+        "openxpu_runtime.samples.vectoradd",
+        "--elements",
+        "1000000",
+        socket=xpud.socket,
+        env={"XPU_VISIBLE_DEVICES": "0", "XPU_MEMORY_LIMIT_0": "1Mi"},
+    )
+    assert tiny.returncode == 3 and "out of memory" in tiny.stderr
+
+
+def test_burn_drives_utilization_to_the_target(xpud: XpudProcess) -> None:
+    burn = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openxpu_runtime.samples.burn",
+            "--duration",
+            "4",
+            "--utilization",
+            "0.5",
+            "--memory",
+            "1Gi",
+        ],
+        env={**os.environ, "XPUD_SOCKET": str(xpud.socket), "XPU_VISIBLE_DEVICES": "6"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        readings = []
+        with xpud.client() as c:
+            for _ in range(30):
+                if burn.poll() is not None:
+                    break
+                d = c.device(6)
+                readings.append((d.utilization_ratio, d.memory_used_bytes))
+                subprocess.run(["sleep", "0.1"], check=True)
+            idle = c.device(0)
+    finally:
+        _, err = burn.communicate(timeout=30)
+    assert burn.returncode == 0, err
+    busy = [u for u, _ in readings[15:]]
+    assert busy and 0.35 < sum(busy) / len(busy) < 0.65
+    assert any(m == 1 << 30 for _, m in readings)
+    assert idle.utilization_ratio == 0
+
+
+def test_smi_reports_what_xpud_reports(xpud: XpudProcess) -> None:
+    table = run("openxpu_runtime.smi", socket=xpud.socket)
+    assert table.returncode == 0, table.stderr
+    assert "OpenXPU X1 64GB" in table.stdout and "No running processes found" in table.stdout
+    assert table.stdout.count("Healthy") == 8
+    data = json.loads(run("openxpu_runtime.smi", "--json", "-i", "2", socket=xpud.socket).stdout)
+    assert [d["index"] for d in data["devices"]] == [2]
+    inject = run(
+        "openxpu_runtime.smi", "inject-fault", "-i", "2", "--code", "48", socket=xpud.socket
+    )
+    assert "health is now Unhealthy" in inject.stdout
+    detail = run("openxpu_runtime.smi", "-q", "-i", "2", socket=xpud.socket).stdout
+    assert "48 ECC_DBE (sticky)" in detail and "uncorrected 1" in detail
+    cleared = run("openxpu_runtime.smi", "clear-fault", "-i", "2", socket=xpud.socket)
+    assert "cleared [48]; health is now Healthy" in cleared.stdout
+    bad = run("openxpu_runtime.smi", "inject-fault", "-i", "2", "--code", "5", socket=xpud.socket)
+    assert bad.returncode == 2 and "unknown fault code 5" in bad.stderr
+    missing = run("openxpu_runtime.smi", "-i", "12", socket=xpud.socket)
+    assert missing.returncode == 2 and "no such device: 12" in missing.stderr
+    xpud.stop()
+    down = run("openxpu_runtime.smi", socket=xpud.socket)
+    assert down.returncode == 9 and "couldn't communicate with xpud" in down.stderr
+
+
+def test_driver_install_upgrade_uninstall_keeps_device_state(short_root: Path) -> None:
+    def driver(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            "openxpu_runtime.driver", "--root", str(short_root), *args, env={"NODE_NAME": "node-d"}
+        )
+
+    first = driver(
+        "install", "--version", "1.0.0", "--profile", "x1-8", "--xpud-arg=--device-nodes=file"
+    )
+    assert first.returncode == 0, first.stderr + first.stdout
+    proc = XpudProcess(short_root)
+    try:
+        assert (short_root / "opt/openxpu/driver/current").resolve().name == "1.0.0"
+        assert (short_root / "dev/xpu7").exists()
+        assert (short_root / "usr/local/bin/xpu-smi").stat().st_mode & 0o111
+        with proc.client() as c:
+            assert c.version().driver_version == "1.0.0"
+            uuid = c.inventory().devices[0].uuid
+            ctx = c.open_context(api.ContextRequest(pid=1, name="kept", devices=["0"]))
+            c.allocate(ctx.id, "0", 5 * MIB)
+            c.inject_fault(api.FaultRequest(device="4", code=48))
+        upgrade = driver(
+            "install", "--version", "1.1.0", "--profile", "x1-8", "--xpud-arg=--device-nodes=file"
+        )
+        assert upgrade.returncode == 0, upgrade.stderr
+        assert "upgrading 1.0.0 -> 1.1.0" in upgrade.stdout
+        assert (short_root / "opt/openxpu/driver/current").resolve().name == "1.1.0"
+        with proc.client() as c:
+            assert c.version().driver_version == "1.1.0"
+            assert c.inventory().devices[0].uuid == uuid
+            assert c.device(0).memory_used_bytes == 5 * MIB
+            assert c.device(4).health == "Unhealthy"
+        status = json.loads(driver("status").stdout)
+        assert status["installed"]["previous"] == "1.0.0" and status["xpud_pid"]
+    finally:
+        gone = driver("uninstall")
+    assert gone.returncode == 0 and "device state kept" in gone.stdout
+    assert not (short_root / "dev/xpu0").exists()
+    assert not (short_root / "opt/openxpu/driver").exists()
+    assert (short_root / "var/lib/openxpu/state.json").exists()
+    assert driver("status").returncode == 1
+    bad = driver("install", "--version", "2.0.0", "--profile", "nope")
+    assert bad.returncode == 2 and "no built-in profile 'nope'" in bad.stderr
