@@ -1,0 +1,57 @@
+"""Settings: defaults < YAML file < environment < flags, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openxpu_exporter.config import Config, ConfigError, load
+
+pytestmark = pytest.mark.unit
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("dcgm_compat: true\nport: 9500\nrefresh_interval: 2\nhostname: from-file\n")
+    monkeypatch.setenv("OPENXPU_EXPORTER_PORT", "9600")
+    monkeypatch.setenv("OPENXPU_EXPORTER_DISABLED_METRICS", "a, b")
+    config = load(file, {"refresh_interval": 0, "hostname": None})
+    assert config.dcgm_compat is True
+    assert config.port == 9600
+    assert config.refresh_interval == 0
+    assert config.hostname == "from-file"
+    assert config.disabled_metrics == frozenset({"a", "b"})
+
+
+def test_defaults_match_dcgm_exporter_habits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "node-7")
+    config = Config()
+    assert (config.port, config.hostname, config.native, config.dcgm_compat) == (
+        9400, "node-7", True, False
+    )  # fmt: skip
+    assert config.kubelet_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"port": "0"}, "port must be 1..65535"),
+        ({"port": "x"}, "port:"),
+        ({"refresh_interval": "-1"}, "refresh_interval must be 0..3600"),
+        ({"dcgm_compat": "maybe"}, "not a boolean"),
+        ({"native": "false"}, "at least one of native and dcgm_compat"),
+    ],
+)
+def test_bad_values_are_named(settings: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(None, settings)
+
+
+def test_bad_file(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load(file)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.yaml")

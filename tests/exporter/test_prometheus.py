@@ -1,0 +1,157 @@
+"""A real Prometheus scrapes the exporter: every dashboard query and every alert gets data."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openxpu_exporter import alerts, dashboard
+from openxpu_runtime import api
+from openxpu_runtime.testing import XpudProcess
+
+from .prometheus import Prometheus
+from .support import FakeKubelet, free_port, pod, running_exporter
+
+pytestmark = pytest.mark.integration
+
+# Grafana would put the selected values here; "All" is ".*" in this dashboard.
+VARIABLES = {
+    "$hostname": ".*",
+    "$xpu": ".*",
+    "$namespace": ".*",
+    "$pod": ".*",
+    "$job": ".*",
+    "$__rate_interval": "15s",
+}
+
+
+def substitute(expr: str) -> str:
+    for name, value in sorted(VARIABLES.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(name, value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def stack(manual_xpud: XpudProcess, kubelet: FakeKubelet, short_dir: Path) -> Iterator[Any]:
+    """A live exporter (pods attributed, DCGM names on), one that cannot reach xpud or the
+    kubelet, and a dead target, all in the exporter job of a real Prometheus."""
+    with manual_xpud.client() as c:
+        uuids = [d.uuid for d in c.telemetry().devices]
+    kubelet.pods = [
+        pod("train-0", "ml", {"trainer": [uuids[0], uuids[1]]}),
+        pod("infer-a", "serving", {"server": [f"{uuids[2]}::0"]}, "openxpu.io/xpu.shared"),
+        pod("infer-b", "serving", {"server": [f"{uuids[2]}::1"]}, "openxpu.io/xpu.shared"),
+    ]
+    live_args = (
+        "--xpud-socket", str(manual_xpud.socket), "--kubelet-socket", str(kubelet.socket_path),
+        "--dcgm-compat", "--hostname", "node-a", "--refresh-interval", "0.5",
+        "--attribution-interval", "0.5",
+    )  # fmt: skip
+    broken_args = (
+        "--xpud-socket", str(short_dir / "none.sock"),
+        "--kubelet-socket", str(short_dir / "none-kubelet.sock"), "--hostname", "node-b",
+    )  # fmt: skip
+    with (
+        running_exporter(*live_args, log=short_dir / "live.log") as live,
+        running_exporter(*broken_args, log=short_dir / "broken.log", wait_ready=False) as broken,
+    ):
+        targets = [f"127.0.0.1:{live.port}", f"127.0.0.1:{broken.port}", f"127.0.0.1:{free_port()}"]
+        prom = Prometheus(
+            short_dir / "prometheus",
+            [{"job_name": "openxpu-exporter", "static_configs": [{"targets": targets}]}],
+            # Shipped rules with `for` cut to 0s: the conditions are what this test reaches.
+            alerts.rule_groups(for_override="0s"),
+        ).start()
+        try:
+            yield prom, manual_xpud, uuids, targets
+        finally:
+            prom.stop()
+
+
+def test_dashboard_and_alerts_against_prometheus(stack: Any) -> None:
+    prom, xpud, _, targets = stack
+    live = targets[0]
+    wait_for(
+        "a few scrapes", lambda: prom.query(f'count_over_time(up{{instance="{live}"}}[1m]) >= 3')
+    )
+
+    with xpud.client() as c:
+        # 96% memory on device 4, matrix load on device 5, then faults on devices 0..3.
+        ctx = c.open_context(api.ContextRequest(pid=1, name="load", devices=["4", "5"]))
+        c.launch(ctx.id, "5", 1e18, kind="matrix")
+        c.allocate(ctx.id, "4", int(c.telemetry().devices[4].memory_total_bytes * 0.96))
+        c.advance_clock(2)
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # ECC_DBE: Unhealthy
+        c.inject_fault(api.FaultRequest(device="1", code=140))  # thermal trip: throttled
+        c.inject_fault(api.FaultRequest(device="2", code=63))  # ECC_SBE: corrected
+        c.inject_fault(api.FaultRequest(device="3", code=43))  # engine reset: Degraded
+        c.advance_clock(10)
+
+    expected = {r["alert"] for r in alerts.RULES}
+    wait_for(f"alerts {sorted(expected)} firing", lambda: expected <= prom.firing(), 90)
+    firing = prom.api("alerts")["alerts"]
+
+    def labels_of(name: str) -> list[dict[str, str]]:
+        return [a["labels"] for a in firing if a["labels"]["alertname"] == name]
+
+    # ECC_DBE and a thermal trip both take a device out of service.
+    assert {a["xpu"] for a in labels_of("OpenXPUDeviceUnhealthy")} == {"0", "1"}
+    assert {a["xpu"] for a in labels_of("OpenXPUThermalThrottling")} == {"1"}
+    assert {a["xpu"] for a in labels_of("OpenXPUDeviceDegraded")} == {"3"}
+    assert {a["xpu"] for a in labels_of("OpenXPUMemoryNearlyFull")} == {"4"}
+    assert {(a["xpu"], a["code"]) for a in labels_of("OpenXPUErrorsRising")} >= {
+        ("0", "48"), ("1", "140"), ("2", "63"), ("3", "43")
+    }  # fmt: skip
+    # A shared device raises one alert, not one per pod sharing it.
+    assert len([a for a in labels_of("OpenXPUErrorsRising") if a["xpu"] == "2"]) == 1
+    assert {a["hostname"] for a in labels_of("OpenXPUDriverUnreachable")} == {"node-b"}
+    assert {a["hostname"] for a in labels_of("OpenXPUPodAttributionDown")} == {"node-b"}
+    assert {a["instance"] for a in labels_of("OpenXPUExporterDown")} == {targets[2]}
+
+    # Every query of every panel returns data.
+    board = dashboard.build()
+    empty = [
+        (title, expr)
+        for title, expr in dashboard.queries(board)
+        if not prom.query(substitute(expr))
+    ]
+    assert not empty, f"panels without data: {empty}"
+    # And every template variable offers values.
+    for var in board["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        match = re.fullmatch(r"label_values\((.*), (\w+)\)", var["definition"])
+        assert match, var["definition"]
+        values = prom.api(f"label/{match[2]}/values", **{"match[]": substitute(match[1])})
+        assert values, f"variable {var['name']} has no values"
+
+    # Pod panels see the pods; shared device 2 shows both of its pods.
+    pods = {r["metric"]["pod"] for r in prom.query('openxpu_device_info{pod!=""}')}
+    assert pods == {"train-0", "infer-a", "infer-b"}
+
+    # Queries written for NVIDIA GPUs work unchanged on the DCGM names.
+    for expr in (
+        "avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)",
+        'sum by (namespace, pod) (DCGM_FI_DEV_FB_USED{pod!=""})',
+        "max by (gpu) (DCGM_FI_DEV_GPU_TEMP) > 0",
+        "rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[15s]) >= 0",
+        "DCGM_FI_DEV_XID_ERRORS > 0",
+        "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE > 0",
+    ):
+        assert prom.query(expr), expr
