@@ -32,7 +32,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_engine))
 
 # The event stream never ends by design; it has its own tests.
 @schema.exclude(path="/v1/events").parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: CI sees the same inputs every run; raise max_examples to hunt locally.
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_never_fails_on_any_input(case: schemathesis.Case) -> None:
     # Excluded: Starlette answers 405 with the Allow header of the first route matching the
     # path only (GET and DELETE on /v1/contexts/{id} are two routes), a framework limit; and

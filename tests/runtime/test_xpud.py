@@ -158,6 +158,8 @@ def test_bad_requests_get_clear_4xx_and_xpud_stays_up(xpud: XpudProcess) -> None
             c.allocate(ctx, "42", 1)
         with pytest.raises(NotFound, match="no device 'XPU-nope'"):
             c.device("XPU-nope")
+        with pytest.raises(NotFound, match="no device '²'"):
+            c.device("²")
         with pytest.raises(InvalidArgument, match="size"):
             c.allocate(ctx, "0", -5)
         handle = c.allocate(ctx, "0", 1).handle

@@ -201,7 +201,7 @@ class Engine:
     # -- lookups --------------------------------------------------------------------------
 
     def device(self, ref: str) -> Device:
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit():  # "²".isdigit() is True too
             index = int(ref)
             if index < len(self.devices):
                 return self.devices[index]
