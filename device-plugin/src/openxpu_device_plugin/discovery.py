@@ -65,22 +65,31 @@ class FeatureDiscovery:
         self._wake.set()
 
     async def _watch_xpud(self) -> None:
+        """Wake the labeller whenever xpud comes (back) with a different inventory; the
+        event stream is only held open to notice xpud going away."""
         backoff = Backoff(initial=0.2, cap=10.0)
+        seen: tuple[str, list[str]] | None = None
         while True:
             try:
                 async with AsyncXpudClient(self.socket) as xpud:
-                    async for event in xpud.events():
-                        if event.type == "snapshot":
-                            backoff.reset()
-                            self.wake()  # (re)connected: the devices may have changed
+                    inventory = await xpud.inventory()
+                    now = (inventory.driver_version, [d.uuid for d in inventory.devices])
+                    if now != seen:
+                        seen = now
+                        self.wake()
+                    backoff.reset()
+                    async for _ in xpud.events():
+                        pass
             except XpuError as exc:
-                log.debug("xpud event stream: %s", exc)
+                log.debug("xpud: %s", exc)
             await asyncio.sleep(backoff.next())
 
     async def _watch_config(self) -> None:
         if self.source.file is None:
             return
-        last = _mtime(self.source.file)
+        # Unknown at first: the first poll re-reads the file, so an edit made between
+        # the initial load and this task's start is not missed (equal configs are no-ops).
+        last: float | int | None = -1
         while True:
             await asyncio.sleep(self.config_poll)
             if (now := _mtime(self.source.file)) == last:

@@ -110,7 +110,9 @@ class DevicePlugin:
     async def _watch_config(self) -> None:
         if self.source.file is None:
             return
-        last = _mtime(self.source.file)
+        # Unknown at first: the first poll re-reads the file, so an edit made between
+        # the initial load and this task's start is not missed (equal configs are no-ops).
+        last: float | int | None = -1
         while True:
             await asyncio.sleep(self.config_poll)
             now = _mtime(self.source.file)
