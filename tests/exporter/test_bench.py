@@ -1,0 +1,109 @@
+"""Scrape latency, CPU per scrape and RSS of the exporter at 8, 64 and 256 devices.
+
+    uv run pytest -m bench tests/exporter/test_bench.py -s -p no:cacheprovider
+
+A real xpud (`--count N`), a PodResources server attributing 100 pods, and the exporter as
+its own process, scraped back to back over HTTP keep-alive like Prometheus does. Both read
+modes are measured: a background snapshot (refresh_interval 1 s, the default) and a fresh
+read of xpud on every scrape (refresh_interval 0).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from openxpu_runtime.testing import XpudProcess
+
+from .support import FakeKubelet, parse, pod, running_exporter, select
+
+pytestmark = pytest.mark.bench
+
+PODS = 100
+SCRAPES = int(os.environ.get("OPENXPU_BENCH_SCRAPES", "300"))
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def attribute_pods(kubelet: FakeKubelet, uuids: list[str]) -> None:
+    """100 pods: whole devices while there are enough, else shared replicas `<uuid>::<n>`."""
+    shared = len(uuids) < PODS
+    kubelet.pods = [
+        pod(
+            f"job-{i}",
+            f"team-{i % 7}",
+            {"main": [f"{uuids[i % len(uuids)]}::{i // len(uuids)}" if shared else uuids[i]]},
+            "openxpu.io/xpu.shared" if shared else "openxpu.io/xpu",
+        )
+        for i in range(PODS)
+    ]
+
+
+@pytest.fixture(params=[8, 64, 256], ids=lambda n: f"{n}dev")
+def node(request: pytest.FixtureRequest, short_dir: Path) -> Iterator[tuple[XpudProcess, int]]:
+    count: int = request.param
+    proc = XpudProcess(short_dir / "host", "--profile", "x1-8", "--count", str(count)).start()
+    yield proc, count
+    proc.stop()
+
+
+@pytest.mark.parametrize("refresh", ["1", "0"], ids=["cached", "per-scrape"])
+def test_scrape_cost(
+    node: tuple[XpudProcess, int], kubelet: FakeKubelet, short_dir: Path, refresh: str
+) -> None:
+    xpud, count = node
+    with xpud.client() as c:
+        attribute_pods(kubelet, [d.uuid for d in c.telemetry().devices])
+    with running_exporter(
+        "--xpud-socket", str(xpud.socket), "--kubelet-socket", str(kubelet.socket_path),
+        "--refresh-interval", refresh, "--dcgm-compat",
+        log=short_dir / "exporter.log",
+    ) as exporter, httpx.Client(base_url=exporter.url, timeout=10.0) as http:  # fmt: skip
+        assert exporter.proc is not None
+        pid = exporter.proc.pid
+        body = http.get("/metrics").text
+        series = parse(body)
+        held = {
+            s.labels["uuid"] for s in select(series, "openxpu_device_info") if "pod" in s.labels
+        }
+        assert len(held) == min(count, PODS)
+        assert len({s.labels["pod"] for s in select(series, "openxpu_device_info")
+                    if "pod" in s.labels}) == PODS  # fmt: skip
+        for _ in range(20):  # warm up
+            http.get("/metrics")
+        latencies = []
+        cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+        for _ in range(SCRAPES):
+            started = time.perf_counter()
+            r = http.get("/metrics")
+            latencies.append(time.perf_counter() - started)
+            assert r.status_code == 200
+        cpu = cpu_seconds(pid) - cpu0
+        wall = time.perf_counter() - wall0
+        latencies.sort()
+        p50 = statistics.median(latencies) * 1000
+        p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+        mode = "cached" if refresh == "1" else "per-scrape"
+        print(
+            f"\nBENCH exporter devices={count} pods={PODS} mode={mode} samples={len(series)} "
+            f"bytes={len(body)} scrapes={SCRAPES} p50_ms={p50:.2f} p99_ms={p99:.2f} "
+            f"cpu_ms_per_scrape={cpu / SCRAPES * 1000:.2f} rss_mib={rss_mib(pid):.1f} "
+            f"wall_s={wall:.1f}"
+        )

@@ -1,0 +1,63 @@
+"""The fast text encoder writes exactly what prometheus-client's generate_latest writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.utils import floatToGoString
+
+from openxpu_exporter.attribution import PodRef
+from openxpu_exporter.collector import XpuCollector
+from openxpu_exporter.exposition import TextEncoder, go_float
+from openxpu_runtime import api
+from openxpu_runtime.testing import XpudProcess
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "value", [0.0, -0.0, 1.0, 0.1, 1e-9, 123456.0, 1234567.0, 2.5e18, -3e12, float("inf"),
+              float("-inf"), float("nan"), 68719476736.0]
+)  # fmt: skip
+def test_go_float(value: float) -> None:
+    assert go_float(value) == floatToGoString(value)
+
+
+@pytest.mark.integration
+async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_exporter: Any) -> None:
+    exporter = await make_exporter(
+        xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0,
+        dcgm_compat=True,
+    )  # fmt: skip
+    with manual_xpud.client() as c:
+        uuids = [d.uuid for d in c.telemetry().devices]
+        c.inject_fault(api.FaultRequest(device="0", code=48))
+        ctx = c.open_context(api.ContextRequest(pid=7, name='od"d\\name', devices=["1"]))
+        c.allocate(ctx.id, "1", 4096)
+    await exporter.refresh_snapshot()
+    exporter.state.attribution = {
+        uuids[1]: (PodRef('we"ird\\pod\nname', "ns", "c"), PodRef("p2", "ns", "c")),
+    }
+    exporter.state.attribution_version += 1
+    registry = CollectorRegistry()
+    registry.register(XpuCollector(exporter.config, exporter.state))
+    h = Histogram("h_seconds", "a histogram\nwith \\ help", registry=registry)
+    h.observe(0.3)
+    encoder = TextEncoder()
+
+    def steady(body: bytes) -> bytes:  # the snapshot's age moves between the two calls
+        return b"".join(
+            line
+            for line in body.splitlines(keepends=True)
+            if not line.startswith(b"openxpu_exporter_snapshot_age_seconds{")
+        )
+
+    for _ in range(3):  # cold, then cached label strings
+        assert steady(encoder.encode(registry)) == steady(generate_latest(registry))
+    # A changed attribution renders the new labels, not stale cached strings.
+    exporter.state.attribution = {uuids[1]: (PodRef("other", "ns", "c"),)}
+    exporter.state.attribution_version += 1
+    fast = encoder.encode(registry)
+    assert steady(fast) == steady(generate_latest(registry))
+    assert b'pod="other"' in fast and b"p2" not in fast
