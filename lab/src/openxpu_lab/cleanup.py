@@ -74,8 +74,9 @@ def remove_kubepods_cgroups() -> int:
         base = sub / KUBEPODS
         if not base.is_dir() or base.is_symlink():
             continue
-        dirs = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                      reverse=True)
+        dirs = sorted(
+            (p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        )
         for d in [*dirs, base]:
             with contextlib.suppress(OSError):
                 d.rmdir()
@@ -118,3 +119,9 @@ def remove_netns(paths: list[str]) -> int:
                 os.unlink(p)
                 n += 1
     return n
+
+
+def cni_netns() -> list[str]:
+    """Network namespaces the CNI setup of containerd made (named cni-<uuid>)."""
+    d = Path("/var/run/netns")
+    return sorted(str(p) for p in d.glob("cni-*")) if d.exists() else []

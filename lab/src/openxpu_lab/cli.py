@@ -29,11 +29,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"kubeconfig: {info['kubeconfig']}")
     print(f"node:       {info['node']} (Ready)")
     if res.built_seconds:
-        print(f"figures:    cold build {res.built_seconds:.0f}s this run; "
-              f"start to node Ready {res.ready_seconds:.1f}s")
+        print(
+            f"figures:    cold build {res.built_seconds:.0f}s this run; "
+            f"start to node Ready {res.ready_seconds:.1f}s"
+        )
     else:
-        print(f"figures:    warm start to node Ready {res.ready_seconds:.1f}s "
-              f"(binaries cached; their cold build took {info['cold_build_seconds']:.0f}s)")
+        print(
+            f"figures:    warm start to node Ready {res.ready_seconds:.1f}s "
+            f"(binaries cached; their cold build took {info['cold_build_seconds']:.0f}s)"
+        )
     return 0
 
 
@@ -96,8 +100,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.helm:
         tools.append(gobuild.helm_tool())
     spent = sum(sum(gobuild.ensure(t, p).values()) for t in tools)
-    print(f"binaries ready; built {spent:.0f}s this run, cold build recorded "
-          f"{gobuild.recorded_build_seconds():.0f}s")
+    print(
+        f"binaries ready; built {spent:.0f}s this run, cold build recorded "
+        f"{gobuild.recorded_build_seconds():.0f}s"
+    )
     for t in tools:
         print(t.bin_dir)
     return 0
@@ -117,18 +123,25 @@ def cmd_apiserver_only(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="openxpu-lab", description=__doc__)
-    ap.add_argument("--state-dir", default=str(default_state_dir()),
-                    help="where the running lab keeps its files (default: %(default)s)")
+    ap.add_argument(
+        "--state-dir",
+        default=str(default_state_dir()),
+        help="where the running lab keeps its files (default: %(default)s)",
+    )
     ap.add_argument("--node-name", default=None, help="node name (default: the host name)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="bring the cluster up (idempotent); waits for node Ready")
-    up.add_argument("--no-openxpu-image", action="store_true",
-                    help="skip building/importing the OpenXPU image")
+    up.add_argument(
+        "--no-openxpu-image", action="store_true", help="skip building/importing the OpenXPU image"
+    )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop every lab process and remove what it set up")
-    down.add_argument("--purge", action="store_true",
-                      help="also delete the state dir (certs, etcd data, imported images)")
+    down.add_argument(
+        "--purge",
+        action="store_true",
+        help="also delete the state dir (certs, etcd data, imported images)",
+    )
     down.set_defaults(func=cmd_down)
     st = sub.add_parser("status", help="which components run; is the node Ready")
     st.add_argument("--json", action="store_true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -12,7 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from openxpu_lab import cleanup, controlplane, gobuild, health, hostdeps, network, node, procs
+from openxpu_lab import (
+    cleanup,
+    controlplane,
+    gobuild,
+    health,
+    hostdeps,
+    network,
+    node,
+    procs,
+    versions,
+)
 from openxpu_lab.images import openxpu, store
 from openxpu_lab.progress import Progress
 from openxpu_lab.settings import LabSettings
@@ -80,16 +91,28 @@ class Lab:
         return True
 
     def _wait(self, name: str, what: str, probe: Any, timeout: float = 90) -> None:
-        health.wait_for(what, probe, timeout=timeout, component=name, pid_dir=self.lay.pids,
-                        log_dir=self.lay.logs)
+        health.wait_for(
+            what,
+            probe,
+            timeout=timeout,
+            component=name,
+            pid_dir=self.lay.pids,
+            log_dir=self.lay.logs,
+        )
 
-    def node_ready(self) -> bool:
+    def node_ready(self, since: float = 0.0) -> bool:
+        """Ready, and (with `since`) reported by a kubelet heartbeat at or after that time:
+        after a restart the node object still shows the last run's stale Ready."""
         try:
             n = self.api_get(f"/api/v1/nodes/{self.s.node_name}")
         except OSError:
             return False
-        conds = n.get("status", {}).get("conditions", [])
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+        for c in n.get("status", {}).get("conditions", []):
+            if c["type"] == "Ready" and c["status"] == "True":
+                beat = dt.datetime.fromisoformat(c["lastHeartbeatTime"].replace("Z", "+00:00"))
+                # Heartbeats have one-second resolution.
+                return beat.timestamp() >= since - 1.0
+        return False
 
     def _default_sa(self) -> bool:
         try:
@@ -107,8 +130,13 @@ class Lab:
         p = self.p
         hostdeps.ensure_packages(hostdeps.NODE_PACKAGES, p)
         built = 0.0
-        for tool in (gobuild.kubernetes_tool(), gobuild.containerd_tool()):
-            built += sum(gobuild.ensure(tool, p).values())
+        built += sum(
+            gobuild.ensure(
+                gobuild.kubernetes_tool(), p, only=versions.KUBERNETES_COMPONENTS
+            ).values()
+        )
+        built += sum(gobuild.ensure(gobuild.containerd_tool(), p).values())
+        gobuild.kubectl_path(p)
         t_run = time.monotonic()
         self.lay.ensure()
         creds = controlplane.ensure_credentials(self.s)
@@ -121,31 +149,52 @@ class Lab:
             self._wait("etcd", "/health", lambda: health.http_ok(f"{s.etcd_url}/health"))
         with p.step("kube-apiserver"):
             self._start("kube-apiserver", controlplane.apiserver_argv(s, creds))
-            self._wait("kube-apiserver", "/readyz",
-                       lambda: health.http_ok(f"{s.server_url}/readyz", *self._admin()))
+            self._wait(
+                "kube-apiserver",
+                "/readyz",
+                lambda: health.http_ok(f"{s.server_url}/readyz", *self._admin()),
+            )
         with p.step("containerd (CRI + CDI)"):
             self._start("containerd", node.containerd_argv(s), node.containerd_env())
-            self._wait("containerd", "its socket",
-                       lambda: lay.containerd_socket.exists()
-                       and run(node.ctr(s, "version"), check=False).returncode == 0)
+            self._wait(
+                "containerd",
+                "its socket",
+                lambda: (
+                    lay.containerd_socket.exists()
+                    and run(node.ctr(s, "version"), check=False).returncode == 0
+                ),
+            )
         for archive in store.ensure_basic_archives(p):
             store.import_archive(s, archive, p)
         with p.step("kube-controller-manager, kube-scheduler"):
             self._start("kube-controller-manager", controlplane.controller_manager_argv(s, creds))
             self._start("kube-scheduler", controlplane.scheduler_argv(s, creds))
-            self._wait("kube-controller-manager", "/healthz",
-                       lambda: _insecure_ok("https://127.0.0.1:10257/healthz"))
-            self._wait("kube-scheduler", "/healthz",
-                       lambda: _insecure_ok("https://127.0.0.1:10259/healthz"))
+            self._wait(
+                "kube-controller-manager",
+                "/healthz",
+                lambda: _insecure_ok("https://127.0.0.1:10257/healthz"),
+            )
+            self._wait(
+                "kube-scheduler",
+                "/healthz",
+                lambda: _insecure_ok("https://127.0.0.1:10259/healthz"),
+            )
         with p.step("kubelet, kube-proxy"):
-            self._start("kubelet", node.kubelet_argv(s, creds))
+            kubelet_started = time.time()
+            if not self._start("kubelet", node.kubelet_argv(s, creds)):
+                kubelet_started = 0.0  # already running: its current status counts
             self._start("kube-proxy", node.kube_proxy_argv(s))
-            self._wait("kubelet", "/healthz", lambda: health.http_ok("http://127.0.0.1:10248/healthz"))
+            self._wait(
+                "kubelet", "/healthz", lambda: health.http_ok("http://127.0.0.1:10248/healthz")
+            )
         with p.step(f"waiting for node {s.node_name} to be Ready"):
-            self._wait("kubelet", "node Ready", self.node_ready, timeout=180)
+            self._wait(
+                "kubelet", "node Ready", lambda: self.node_ready(since=kubelet_started), timeout=180
+            )
             self._wait("kube-controller-manager", "the default service account", self._default_sa)
-            self._wait("kube-proxy", "/healthz",
-                       lambda: health.http_ok("http://127.0.0.1:10256/healthz"))
+            self._wait(
+                "kube-proxy", "/healthz", lambda: health.http_ok("http://127.0.0.1:10256/healthz")
+            )
         ready = time.monotonic() - t_run
         if openxpu_image:
             self.load_openxpu_image()
@@ -159,8 +208,10 @@ class Lab:
             "images": store.image_names(),
         }
         lay.info.write_text(json.dumps(info, indent=2) + "\n")
-        p.say(f"lab is up in {time.monotonic() - t_start:.1f}s; "
-              f"export KUBECONFIG={lay.admin_kubeconfig}")
+        p.say(
+            f"lab is up in {time.monotonic() - t_start:.1f}s; "
+            f"export KUBECONFIG={lay.admin_kubeconfig}"
+        )
         return UpResult(info, built, ready)
 
     def load_images(self, force: bool = False) -> None:
@@ -179,8 +230,11 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         comps = {c: procs.alive(c, self.lay.pids) for c in COMPONENTS}
-        st: dict[str, Any] = {"state_dir": str(self.lay.root), "components": comps,
-                              "node_ready": False}
+        st: dict[str, Any] = {
+            "state_dir": str(self.lay.root),
+            "components": comps,
+            "node_ready": False,
+        }
         if comps["kube-apiserver"] is not None:
             st["node_ready"] = self.node_ready()
         return st
@@ -220,8 +274,13 @@ class Lab:
         if procs.alive("containerd", lay.pids) is not None:
             netns = self._sandbox_netns()
             self._kill_tasks()
-        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd",
-                     "containerd"):
+        for name in (
+            "kube-scheduler",
+            "kube-controller-manager",
+            "kube-apiserver",
+            "etcd",
+            "containerd",
+        ):
             if procs.stop(name, lay.pids):
                 report.append(f"stopped {name}")
         n = cleanup.kill_shims(lay.containerd_socket)
@@ -248,3 +307,20 @@ class Lab:
             shutil.rmtree(lay.root, ignore_errors=True)
             report.append(f"deleted {lay.root}")
         return report
+
+    # ---- what `down` must not leave behind ------------------------------------------------
+
+    def leftovers(self) -> list[str]:
+        """Everything of this lab still on the host: empty after a clean `down`."""
+        found: list[str] = []
+        for c in COMPONENTS:
+            pid = procs.alive(c, self.lay.pids)
+            if pid is not None:
+                found.append(f"process {c} (pid {pid})")
+        found += [f"containerd shim pid {p}" for p in cleanup.shim_pids(self.lay.containerd_socket)]
+        found += [f"container process pid {p}" for p in cleanup.kubepods_pids()]
+        found += [f"mount {m}" for m in cleanup.mounts_under(self.lay.root)]
+        found += [f"network device {d}" for d in network.lab_links()]
+        found += [f"network namespace {n}" for n in cleanup.cni_netns()]
+        found += [f"iptables {c}" for c in network.lab_iptables()]
+        return found

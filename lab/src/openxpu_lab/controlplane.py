@@ -42,15 +42,19 @@ def ensure_credentials(s: LabSettings) -> Credentials:
         ips=tuple(dict.fromkeys(("127.0.0.1", s.advertise_ip, KUBERNETES_SERVICE_IP))),
     )
     kubelet_client = pki.ensure_cert(
-        d, ca, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+        d,
+        ca,
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
         orgs=("system:masters",),
     )
     sa = pki.ensure_service_account_key(d)
 
     def kc(name: str, cn: str, orgs: tuple[str, ...] = ()) -> Path:
         pair = pki.ensure_cert(d, ca, name, cn, orgs=orgs)
-        return write_kubeconfig(s.layout.config / f"{name}.kubeconfig", s.server_url,
-                                ca.cert, pair, cn)
+        return write_kubeconfig(
+            s.layout.config / f"{name}.kubeconfig", s.server_url, ca.cert, pair, cn
+        )
 
     admin = kc("admin", "openxpu-lab-admin", ("system:masters",))
     s.layout.admin_kubeconfig.write_text(admin.read_text())
@@ -63,9 +67,7 @@ def ensure_credentials(s: LabSettings) -> Credentials:
         admin_kubeconfig=s.layout.admin_kubeconfig,
         controller_manager_kubeconfig=kc("controller-manager", "system:kube-controller-manager"),
         scheduler_kubeconfig=kc("scheduler", "system:kube-scheduler"),
-        kubelet_kubeconfig=kc(
-            "kubelet", f"system:node:{s.node_name}", ("system:nodes",)
-        ),
+        kubelet_kubeconfig=kc("kubelet", f"system:node:{s.node_name}", ("system:nodes",)),
         proxy_kubeconfig=kc("kube-proxy", "system:kube-proxy"),
     )
 

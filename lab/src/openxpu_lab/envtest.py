@@ -59,15 +59,23 @@ def start_apiserver_only(root: Path, progress: Progress | None = None) -> ApiSer
     lay = s.layout
     procs.start("etcd", controlplane.etcd_argv(s), lay.pids, lay.logs)
     health.wait_for(
-        "etcd health", lambda: health.http_ok(f"{s.etcd_url}/health"),
-        timeout=30, component="etcd", pid_dir=lay.pids, log_dir=lay.logs,
+        "etcd health",
+        lambda: health.http_ok(f"{s.etcd_url}/health"),
+        timeout=30,
+        component="etcd",
+        pid_dir=lay.pids,
+        log_dir=lay.logs,
     )
     procs.start("kube-apiserver", controlplane.apiserver_argv(s, c), lay.pids, lay.logs)
     ready = f"{s.server_url}/readyz"
     client = lay.pki / "admin.crt", lay.pki / "admin.key"
     health.wait_for(
-        "API server /readyz", lambda: health.http_ok(ready, c.ca.cert, *client),
-        timeout=90, component="kube-apiserver", pid_dir=lay.pids, log_dir=lay.logs,
+        "API server /readyz",
+        lambda: health.http_ok(ready, c.ca.cert, *client),
+        timeout=90,
+        component="kube-apiserver",
+        pid_dir=lay.pids,
+        log_dir=lay.logs,
     )
     return ApiServer(s.server_url, c.admin_kubeconfig, c.ca.cert, client[0], client[1], root)
 

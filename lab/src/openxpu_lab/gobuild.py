@@ -73,7 +73,10 @@ def kubernetes_tool() -> GoTool:
         version=v,
         go_directive="1.24.0",
         godebug="go1.24",
-        commands={c: f"k8s.io/kubernetes/cmd/{c}" for c in versions.KUBERNETES_COMPONENTS},
+        commands={
+            c: f"k8s.io/kubernetes/cmd/{c}"
+            for c in (*versions.KUBERNETES_COMPONENTS, versions.KUBECTL)
+        },
         bin_dir=paths.k8s_bin_dir(),
         ldflags=" ".join(ld),
         tags="providerless",
@@ -138,9 +141,7 @@ def _write_module(tool: GoTool) -> None:
         stamp.write_text(gomod)
 
 
-def ensure(
-    tool: GoTool, progress: Progress, only: tuple[str, ...] = ()
-) -> dict[str, float]:
+def ensure(tool: GoTool, progress: Progress, only: tuple[str, ...] = ()) -> dict[str, float]:
     """Build whatever binary of `tool` (or of `only`) is missing; returns seconds per binary."""
     spent: dict[str, float] = {}
     missing = [m for m in tool.missing() if not only or m in only]
@@ -163,6 +164,16 @@ def ensure(
         spent[name] = time.monotonic() - t0
     _record_times(tool, spent)
     return spent
+
+
+def kubectl_path(progress: Progress | None = None) -> Path:
+    """The machine's kubectl if it has one, else one built at the lab's version."""
+    found = shutil.which("kubectl")
+    if found:
+        return Path(found)
+    tool = kubernetes_tool()
+    ensure(tool, progress or Progress(quiet=True), only=(versions.KUBECTL,))
+    return tool.bin_dir / versions.KUBECTL
 
 
 def _record_times(tool: GoTool, spent: dict[str, float]) -> None:

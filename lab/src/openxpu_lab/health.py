@@ -26,8 +26,9 @@ def get_json(url: str, ca: Path, cert: Path, key: Path, timeout: float = 5) -> A
         return json.loads(r.read())
 
 
-def http_ok(url: str, ca: Path | None = None, cert: Path | None = None,
-            key: Path | None = None) -> bool:
+def http_ok(
+    url: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> bool:
     try:
         ctx = _ssl_context(ca, cert, key) if ca and cert and key else None
         with urllib.request.urlopen(url, context=ctx, timeout=3) as r:

@@ -42,9 +42,19 @@ def ensure_packages(names: Iterable[str], progress: Progress) -> None:
         raise LabError(f"missing packages {' '.join(todo)} and no apt-get to install them")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     with progress.step(f"apt-get install {' '.join(todo)}"):
-        if run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *todo],
-               env=env, check=False, timeout=1200).returncode != 0:
+        if (
+            run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *todo],
+                env=env,
+                check=False,
+                timeout=1200,
+            ).returncode
+            != 0
+        ):
             # A fresh machine has empty package lists.
             run(["apt-get", "update", "-qq"], env=env, timeout=600)
-            run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *todo],
-                env=env, timeout=1200)
+            run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *todo],
+                env=env,
+                timeout=1200,
+            )

@@ -9,7 +9,12 @@ from openxpu_lab.pki import CertPair
 
 
 def write_kubeconfig(
-    path: Path, server: str, ca_cert: Path, client: CertPair, user: str, cluster: str = "openxpu-lab"
+    path: Path,
+    server: str,
+    ca_cert: Path,
+    client: CertPair,
+    user: str,
+    cluster: str = "openxpu-lab",
 ) -> Path:
     doc = {
         "apiVersion": "v1",

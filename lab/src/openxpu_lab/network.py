@@ -5,6 +5,7 @@ Everything here is tagged or named so `down` removes exactly what `up` made.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from openxpu_lab.settings import BRIDGE, HOST_LINK, NODE_IP
@@ -12,8 +13,20 @@ from openxpu_lab.shell import ok, run
 
 _COMMENT = "openxpu-lab"
 # Pods may reach each other and this host (the API server, kubelet), nothing beyond it.
-_GUARD = ["FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-m", "comment", "--comment", _COMMENT,
-          "-j", "DROP"]
+_GUARD = [
+    "FORWARD",
+    "-i",
+    BRIDGE,
+    "!",
+    "-o",
+    BRIDGE,
+    "-m",
+    "comment",
+    "--comment",
+    _COMMENT,
+    "-j",
+    "DROP",
+]
 
 
 def _sysctl(key: str, value: str) -> None:
@@ -39,13 +52,38 @@ def setup() -> None:
         run(["iptables", "-I", *_GUARD])
 
 
-def _chains(table: str, prefixes: tuple[str, ...]) -> list[str]:
-    out = run(["iptables", "-t", table, "-S"], check=False).stdout
+_TOOLS = ("iptables", "ip6tables")  # kube-proxy and the kubelet program both families
+_PREFIXES = ("KUBE-", "CNI-")
+
+
+def _chains(tool: str, table: str) -> list[str]:
+    out = run([tool, "-t", table, "-S"], check=False).stdout
     return [
         line.split()[1]
         for line in out.splitlines()
-        if line.startswith("-N ") and line.split()[1].startswith(prefixes)
+        if line.startswith("-N ") and line.split()[1].startswith(_PREFIXES)
     ]
+
+
+def _remove_chains(tool: str, table: str) -> int:
+    chains = _chains(tool, table)
+    if not chains:
+        return 0
+    # Jumps from the built-in chains first, then flush, then delete.
+    for rule in run([tool, "-t", table, "-S"], check=False).stdout.splitlines():
+        parts = shlex.split(rule)
+        if (
+            parts[:1] == ["-A"]
+            and "-j" in parts
+            and parts[1] not in chains
+            and parts[parts.index("-j") + 1] in chains
+        ):
+            run([tool, "-t", table, "-D", *parts[1:]], check=False)
+    for ch in chains:
+        run([tool, "-t", table, "-F", ch], check=False)
+    for ch in chains:
+        run([tool, "-t", table, "-X", ch], check=False)
+    return len(chains)
 
 
 def teardown() -> list[str]:
@@ -53,24 +91,11 @@ def teardown() -> list[str]:
     done: list[str] = []
     while ok(["iptables", "-D", *_GUARD]):
         done.append("iptables guard rule")
-    prefixes = ("KUBE-", "CNI-")
-    for table in ("filter", "nat", "mangle"):
-        chains = _chains(table, prefixes)
-        if not chains:
-            continue
-        # Jumps from the built-in chains first, then flush, then delete.
-        rules = run(["iptables", "-t", table, "-S"], check=False).stdout.splitlines()
-        for rule in rules:
-            parts = rule.split()
-            if parts[:1] == ["-A"] and "-j" in parts and parts[1] not in chains:
-                target = parts[parts.index("-j") + 1]
-                if target in chains:
-                    run(["iptables", "-t", table, "-D", *parts[1:]], check=False)
-        for ch in chains:
-            run(["iptables", "-t", table, "-F", ch], check=False)
-        for ch in chains:
-            run(["iptables", "-t", table, "-X", ch], check=False)
-        done.append(f"iptables {table}: {len(chains)} chains")
+    for tool in _TOOLS:
+        for table in ("filter", "nat", "mangle"):
+            n = _remove_chains(tool, table)
+            if n:
+                done.append(f"{tool} {table}: {n} chains")
     for link in (BRIDGE, HOST_LINK):
         if link_exists(link):
             run(["ip", "link", "del", link], check=False)
@@ -78,7 +103,22 @@ def teardown() -> list[str]:
     return done
 
 
-def lab_veths() -> list[str]:
-    """Host ends of pod veths still attached to the lab bridge."""
+def lab_links() -> list[str]:
+    """The lab's bridges and any pod veth still attached to them."""
+    found = [link for link in (BRIDGE, HOST_LINK) if link_exists(link)]
     br = Path(f"/sys/class/net/{BRIDGE}/brif")
-    return sorted(p.name for p in br.iterdir()) if br.exists() else []
+    if br.exists():
+        found += sorted(p.name for p in br.iterdir())
+    return found
+
+
+def lab_iptables() -> list[str]:
+    found = [
+        f"{tool} {t} chain {c}"
+        for tool in _TOOLS
+        for t in ("filter", "nat", "mangle")
+        for c in _chains(tool, t)
+    ]
+    if ok(["iptables", "-C", *_GUARD]):
+        found.append("filter FORWARD guard rule")
+    return found

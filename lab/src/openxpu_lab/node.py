@@ -145,8 +145,13 @@ def kube_proxy_config(s: LabSettings, c: Credentials) -> str:
 
 def write_node_configs(s: LabSettings, c: Credentials) -> None:
     lay = s.layout
-    for d in (lay.containerd_root, lay.containerd_state, lay.cni_conf_dir, lay.cni_ipam_dir,
-              lay.kubelet_root):
+    for d in (
+        lay.containerd_root,
+        lay.containerd_state,
+        lay.cni_conf_dir,
+        lay.cni_ipam_dir,
+        lay.kubelet_root,
+    ):
         d.mkdir(parents=True, exist_ok=True)
     lay.containerd_config.write_text(containerd_config(s))
     (lay.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(cni_config(s))
@@ -191,5 +196,11 @@ def kube_proxy_argv(s: LabSettings) -> list[str]:
 
 
 def ctr(s: LabSettings, *args: str | Path) -> list[str]:
-    return [str(paths.containerd_bin_dir() / "ctr"), "--address", str(s.layout.containerd_socket),
-            "--namespace", "k8s.io", *[str(a) for a in args]]
+    return [
+        str(paths.containerd_bin_dir() / "ctr"),
+        "--address",
+        str(s.layout.containerd_socket),
+        "--namespace",
+        "k8s.io",
+        *[str(a) for a in args],
+    ]

@@ -39,23 +39,32 @@ def start(
     log_dir: Path,
     env: Mapping[str, str] | None = None,
 ) -> int:
-    log = (log_dir / f"{name}.log").open("ab")
-    log.write(f"\n==== {time.strftime('%F %T')} starting {name}\n".encode())
-    log.flush()
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        log.write(f"\n==== {time.strftime('%F %T')} starting {name}\n".encode())
     args = [str(a) for a in argv]
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    # Started through a shell that backgrounds it and exits at once: the component is never
+    # our child, so it outlives this process and leaves no zombie or Popen behind.
+    launcher = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            'log="$1"; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!',
+            "sh",
+            str(log_path),
+            *args,
+        ],
         env={**os.environ, **(env or {})},
-        # Own session: survives the CLI exiting, and is not hit by the terminal's ^C.
+        capture_output=True,
+        text=True,
+        check=True,
+        # Own session: not hit by the terminal's ^C.
         start_new_session=True,
     )
-    log.close()
-    rec: PidRecord = {"pid": proc.pid, "start": _start_time(proc.pid) or "", "argv": args}
+    pid = int(launcher.stdout.strip())
+    rec: PidRecord = {"pid": pid, "start": _start_time(pid) or "", "argv": args}
     (pid_dir / f"{name}.json").write_text(json.dumps(rec))
-    return proc.pid
+    return pid
 
 
 def read(name: str, pid_dir: Path) -> PidRecord | None:

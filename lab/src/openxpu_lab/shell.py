@@ -39,9 +39,7 @@ def run(
         raise LabError(f"timed out after {timeout}s: {' '.join(args)}") from exc
     if check and proc.returncode != 0:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-15:]
-        raise LabError(
-            f"command failed ({proc.returncode}): {' '.join(args)}\n" + "\n".join(tail)
-        )
+        raise LabError(f"command failed ({proc.returncode}): {' '.join(args)}\n" + "\n".join(tail))
     return proc
 
 

@@ -18,6 +18,8 @@ KUBERNETES_COMPONENTS: Final = (
     "kubelet",
     "kube-proxy",
 )
+# Built only when the machine has no kubectl of its own (within one minor of the server).
+KUBECTL = "kubectl"
 # Debian bookworm ships containerd 1.6.20, which has no CDI support (added in 1.7);
 # the device plugin hands out devices as CDI names, so containerd is built from its module.
 CONTAINERD: Final = "v1.7.35"

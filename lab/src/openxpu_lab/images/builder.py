@@ -20,8 +20,12 @@ from openxpu_lab.shell import LabError, run
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Like the official -slim images: no docs, man pages or locales.
 _SLIM_EXCLUDES = (
-    "/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
-    "/usr/share/lintian/*", "/usr/share/linda/*",
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+    "/usr/share/linda/*",
 )
 _BASES = {f"debian:{versions.DEBIAN_SUITE}-slim", f"debian:{versions.DEBIAN_SUITE}"}
 
@@ -64,8 +68,13 @@ def base_tarball(image: str, progress: Progress) -> Path:
 # never stored in the image. Some machines reach the registries through a proxy whose CA
 # only the host trusts, or through pip settings in /etc/pip.conf.
 _PASS_ENV_PREFIXES = ("PIP_", "UV_")
-_PASS_ENV_FILES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-                   "PIP_CERT")
+_PASS_ENV_FILES = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "PIP_CERT",
+)
 
 
 _BUILD_DIR = ".openxpu-build"
@@ -100,9 +109,11 @@ def _chroot_mounts(root: Path, binds: dict[Path, str]) -> Iterator[None]:
     mounted: list[Path] = []
     created: list[Path] = []
     try:
-        for src, dst, opts in (("proc", "proc", ["-t", "proc"]),
-                               ("/sys", "sys", ["--rbind"]),
-                               ("/dev", "dev", ["--rbind"])):
+        for src, dst, opts in (
+            ("proc", "proc", ["-t", "proc"]),
+            ("/sys", "sys", ["--rbind"]),
+            ("/dev", "dev", ["--rbind"]),
+        ):
             target = root / dst
             target.mkdir(exist_ok=True)
             run(["mount", *opts, src, str(target)])
@@ -138,8 +149,7 @@ def _chroot_mounts(root: Path, binds: dict[Path, str]) -> Iterator[None]:
             (root / "etc" / "resolv.conf").write_text("")
 
 
-def build(dockerfile_path: Path, context: Path, name: str, out: Path,
-          progress: Progress) -> str:
+def build(dockerfile_path: Path, context: Path, name: str, out: Path, progress: Progress) -> str:
     """Interpret `dockerfile_path` with build context `context`; write an OCI archive."""
     steps = dockerfile.parse(dockerfile_path)
     env: dict[str, str] = {}
@@ -199,24 +209,37 @@ def _copy(context: Path, root: Path, workdir: str, args: str) -> None:
         if src.is_dir():
             shutil.copytree(src, dest_path, symlinks=True, dirs_exist_ok=True)
         else:
-            target = dest_path / src.name if dest.endswith("/") or dest_path.is_dir() \
-                else dest_path
+            target = dest_path / src.name if dest.endswith("/") or dest_path.is_dir() else dest_path
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
 
 
-def _run(root: Path, workdir: str, env: dict[str, str], st: dockerfile.Instruction,
-         progress: Progress) -> None:
+def _run(
+    root: Path, workdir: str, env: dict[str, str], st: dockerfile.Instruction, progress: Progress
+) -> None:
     argv = dockerfile.exec_or_shell(st.args)
     short = st.args if len(st.args) < 70 else st.args[:67] + "..."
     host_env, binds = build_env()
     run_env = {**host_env, **env}
     with progress.step(f"RUN {short}"), _chroot_mounts(root, binds):
         proc = subprocess.run(
-            ["chroot", str(root), "/usr/bin/env", "-i",
-             *[f"{k}={v}" for k, v in run_env.items()],
-             "/bin/sh", "-c", f'cd "$1" && shift && exec "$@"', "sh", workdir, *argv],
-            capture_output=True, text=True, timeout=1800, check=False,
+            [
+                "chroot",
+                str(root),
+                "/usr/bin/env",
+                "-i",
+                *[f"{k}={v}" for k, v in run_env.items()],
+                "/bin/sh",
+                "-c",
+                'cd "$1" && shift && exec "$@"',
+                "sh",
+                workdir,
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
         )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])

@@ -12,8 +12,19 @@ from pathlib import Path
 
 from openxpu_lab.shell import LabError
 
-SUPPORTED = {"FROM", "RUN", "COPY", "ENV", "ARG", "WORKDIR", "USER", "ENTRYPOINT", "CMD",
-             "LABEL", "EXPOSE"}
+SUPPORTED = {
+    "FROM",
+    "RUN",
+    "COPY",
+    "ENV",
+    "ARG",
+    "WORKDIR",
+    "USER",
+    "ENTRYPOINT",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+}
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,14 @@ def write_layer(rootfs: Path, out: Path) -> None:
             if info.isreg():
                 with full.open("rb") as fh:
                     tar.addfile(info, fh)
-            elif info.isdir() or info.issym() or info.islnk() or info.ischr() or info.isblk() \
-                    or info.isfifo():
+            elif (
+                info.isdir()
+                or info.issym()
+                or info.islnk()
+                or info.ischr()
+                or info.isblk()
+                or info.isfifo()
+            ):
                 tar.addfile(info)
 
 
@@ -93,32 +99,44 @@ def pack(rootfs: Path, name: str, config: ImageConfig, out: Path) -> str:
         manifest = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": f"sha256:{cfg_digest}",
-                       "size": len(cfg_bytes)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": f"sha256:{layer_digest}",
-                        "size": layer.stat().st_size}],
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": f"sha256:{cfg_digest}",
+                "size": len(cfg_bytes),
+            },
+            "layers": [
+                {
+                    "mediaType": OCI_LAYER,
+                    "digest": f"sha256:{layer_digest}",
+                    "size": layer.stat().st_size,
+                }
+            ],
         }
         man_bytes = json.dumps(manifest, sort_keys=True).encode()
         man_digest = hashlib.sha256(man_bytes).hexdigest()
         index = {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
-            "manifests": [{
-                "mediaType": OCI_MANIFEST,
-                "digest": f"sha256:{man_digest}",
-                "size": len(man_bytes),
-                "platform": {"architecture": "amd64", "os": "linux"},
-                "annotations": {
-                    "io.containerd.image.name": full_name(name),
-                    "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],
-                },
-            }],
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": f"sha256:{man_digest}",
+                    "size": len(man_bytes),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                    "annotations": {
+                        "io.containerd.image.name": full_name(name),
+                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],
+                    },
+                }
+            ],
         }
-        docker_manifest = [{
-            "Config": f"blobs/sha256/{cfg_digest}",
-            "RepoTags": [name],
-            "Layers": [f"blobs/sha256/{layer_digest}"],
-        }]
+        docker_manifest = [
+            {
+                "Config": f"blobs/sha256/{cfg_digest}",
+                "RepoTags": [name],
+                "Layers": [f"blobs/sha256/{layer_digest}"],
+            }
+        ]
         part = out.with_suffix(".part")
         with tarfile.open(part, "w") as tar:
             _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')

@@ -27,8 +27,10 @@ def repo_root() -> Path:
         for d in [start, *start.parents]:
             if (d / "images" / "openxpu" / "Dockerfile").is_file():
                 return d
-    raise LabError("cannot find the OpenXPU checkout (images/openxpu/Dockerfile); "
-                   "run from inside it or set OPENXPU_REPO")
+    raise LabError(
+        "cannot find the OpenXPU checkout (images/openxpu/Dockerfile); "
+        "run from inside it or set OPENXPU_REPO"
+    )
 
 
 def members(repo: Path) -> list[Path]:
@@ -60,11 +62,22 @@ def build_wheels(repo: Path, out: Path, progress: Progress) -> None:
     for m in members(repo):
         with progress.step(f"building the wheel of {m.name}"):
             if uv:
-                run([uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(m)],
-                    timeout=600)
+                run([uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(m)], timeout=600)
             else:
-                run(["python3", "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out),
-                     str(m)], timeout=600)
+                run(
+                    [
+                        "python3",
+                        "-m",
+                        "pip",
+                        "wheel",
+                        "--no-deps",
+                        "--quiet",
+                        "-w",
+                        str(out),
+                        str(m),
+                    ],
+                    timeout=600,
+                )
 
 
 def ensure_image(progress: Progress, force: bool = False) -> Path:

@@ -53,8 +53,9 @@ def build_busybox(out: Path) -> str:
         for d in ("proc", "sys", "dev", "etc", "tmp"):
             (root / d).mkdir()
         (root / "tmp").chmod(0o1777)
-        (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
-                                             "nobody:x:65534:65534:nobody:/:/bin/false\n")
+        (root / "etc" / "passwd").write_text(
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+        )
         (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
         cfg: oci.ImageConfig = {"Env": ["PATH=/bin"], "Cmd": ["sh"]}
         return oci.pack(root, BUSYBOX_NAME, cfg, out)
