@@ -1,0 +1,175 @@
+"""Device plugin benchmark (`make bench`): prints a table and a JSON line.
+
+The plugin runs as its own process (`python -m openxpu_device_plugin.cli`) against a real
+xpud (x1-8); the kubelet side is the test's protocol peer over real unix sockets.
+
+- Allocate latency, p50/p99, 1 and 8 devices per request, 100 concurrent callers on one
+  connection (as the kubelet has), 20 calls each.
+- Fault injected in xpud (ECC DBE) -> the Unhealthy update received on ListAndWatch, p50/p99
+  over 50 faults.
+- kubelet.sock re-created -> Register received again, over 5 restarts.
+- Plugin RSS after all of the above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from openxpu_runtime import api
+from openxpu_runtime.testing import XpudProcess
+
+from .kubelet_peer import KubeletPeer
+
+pytestmark = pytest.mark.bench
+
+CALLERS = 100
+CALLS_PER_CALLER = 20
+FAULTS = 50
+RESTARTS = 5
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def allocate_latencies(
+    kubelet: KubeletPeer, ids: list[str], size: int, callers: int = CALLERS
+) -> list[float]:
+    out: list[float] = []
+
+    async def caller(n: int) -> None:
+        for k in range(CALLS_PER_CALLER):
+            start = (n + k) % len(ids)
+            req = [ids[(start + j) % len(ids)] for j in range(size)]
+            t0 = time.perf_counter()
+            await kubelet.allocate(req)
+            out.append((time.perf_counter() - t0) * 1000)
+
+    await asyncio.gather(*(caller(n) for n in range(callers)))
+    return out
+
+
+async def test_device_plugin_benchmark(
+    xpud: XpudProcess, kubelet: KubeletPeer, short_root: Path, plugin_dir: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "openxpu_device_plugin.cli",
+        "--plugin-dir",
+        str(plugin_dir),
+        "--xpud-socket",
+        str(xpud.socket),
+        "--cdi-spec-dir",
+        str(short_root / "cdi"),
+        "--log-level",
+        "warning",
+    )
+    try:
+        await kubelet.wait_registered(within=30)
+        _, devices = await kubelet.wait_devices(lambda d: len(d) == 8)
+        ids = sorted(devices)
+        await allocate_latencies(kubelet, ids, 1)  # warm-up
+        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        alloc1 = await allocate_latencies(kubelet, ids, 1)
+        alloc8 = await allocate_latencies(kubelet, ids, 8)
+        elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+        calls = len(alloc1) + len(alloc8)
+        # The kubelet's own pattern: one Allocate at a time (pod admission is serial).
+        serial1 = await allocate_latencies(kubelet, ids, 1, callers=1)
+        serial8 = await allocate_latencies(kubelet, ids, 8, callers=1)
+
+        fault_ms: list[float] = []
+        with xpud.client() as c:
+            for i in range(FAULTS):
+                dev = i % 8
+                uuid = c.inventory().devices[dev].uuid
+                seen = len(kubelet.current.updates)
+                t0 = time.monotonic()
+                await asyncio.to_thread(c.inject_fault, api.FaultRequest(device=str(dev), code=48))
+                await kubelet.wait_for(
+                    lambda u=uuid, s=seen: any(
+                        d.get(u) == "Unhealthy" for _, d in kubelet.current.updates[s:]
+                    )
+                )
+                at = next(
+                    t for t, d in kubelet.current.updates[seen:] if d.get(uuid) == "Unhealthy"
+                )
+                fault_ms.append((at - t0) * 1000)
+                await asyncio.to_thread(c.clear_faults, str(dev))
+                await kubelet.wait_devices(lambda d, u=uuid: d.get(u) == "Healthy")
+
+        rereg_ms: list[float] = []
+        for n in range(RESTARTS):
+            back = await kubelet.restart()
+            reg = await kubelet.wait_registered(n + 2, within=10)
+            rereg_ms.append((reg.at - back) * 1000)
+        await kubelet.wait_devices(lambda d: len(d) == 8)
+        rss = rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+    results = {
+        "allocate_1dev_ms": {"p50": pct(alloc1, 50), "p99": pct(alloc1, 99), "n": len(alloc1)},
+        "allocate_8dev_ms": {"p50": pct(alloc8, 50), "p99": pct(alloc8, 99), "n": len(alloc8)},
+        "allocate_1dev_serial_ms": {"p50": pct(serial1, 50), "p99": pct(serial1, 99)},
+        "allocate_8dev_serial_ms": {"p50": pct(serial8, 50), "p99": pct(serial8, 99)},
+        "allocate_throughput_per_s": round(calls / elapsed),
+        "plugin_cpu_us_per_allocate": round(cpu / calls * 1e6),
+        "fault_to_unhealthy_ms": {
+            "p50": pct(fault_ms, 50),
+            "p99": pct(fault_ms, 99),
+            "n": len(fault_ms),
+        },
+        "kubelet_restart_to_registered_ms": {
+            "p50": statistics.median(rereg_ms),
+            "max": max(rereg_ms),
+            "n": len(rereg_ms),
+        },
+        "plugin_rss_mib": round(rss, 1),
+    }
+    print("\n\ndevice plugin benchmark (x1-8, plugin in its own process)")
+    print(f"{'measure':<44}{'p50':>10}{'p99/max':>10}{'goal':>12}")
+    rows = [
+        ("Allocate, 1 device, 100 callers (ms)", "allocate_1dev_ms", "p99", "p99 < 5"),
+        ("Allocate, 8 devices, 100 callers (ms)", "allocate_8dev_ms", "p99", "p99 < 5"),
+        ("Allocate, 1 device, 1 caller (ms)", "allocate_1dev_serial_ms", "p99", "p99 < 5"),
+        ("Allocate, 8 devices, 1 caller (ms)", "allocate_8dev_serial_ms", "p99", "p99 < 5"),
+        ("fault -> Unhealthy on stream (ms)", "fault_to_unhealthy_ms", "p99", "p99 < 100"),
+        (
+            "kubelet.sock re-created -> registered (ms)",
+            "kubelet_restart_to_registered_ms",
+            "max",
+            "< 1000",
+        ),
+    ]
+    for label, key, hi, goal in rows:
+        r = results[key]
+        assert isinstance(r, dict)
+        print(f"{label:<44}{r['p50']:>10.2f}{r[hi]:>10.2f}{goal:>12}")
+    print(f"{'plugin RSS (MiB)':<44}{rss:>10.1f}")
+    print(f"{'Allocate throughput, 100 callers (calls/s)':<44}{calls / elapsed:>10.0f}")
+    print(f"{'plugin CPU per Allocate (us)':<44}{cpu / calls * 1e6:>10.0f}")
+    print("BENCH_JSON " + json.dumps({"device_plugin": results}))
