@@ -188,8 +188,20 @@ class Device:
             -dt / p.thermal_tau_seconds
         )
         self.sim_time = start + dt
-        self.slices.append(BusySlice(start, self.sim_time, busy, matrix_busy, self.power * dt))
+        self._record(BusySlice(start, self.sim_time, busy, matrix_busy, self.power * dt))
         return self._check_faults()
+
+    def _record(self, piece: BusySlice) -> None:
+        # Frequent reads advance in slivers; merging them into sub-step sized slices keeps the
+        # window a dozen slices long however often telemetry is read.
+        last = self.slices[-1] if self.slices else None
+        if last and last.end == piece.start and piece.end - last.start <= SUBSTEP_SECONDS + 1e-9:
+            last.end = piece.end
+            last.busy += piece.busy
+            last.matrix_busy += piece.matrix_busy
+            last.energy += piece.energy
+        else:
+            self.slices.append(piece)
 
     def _check_faults(self) -> list[FaultChange]:
         changes: list[FaultChange] = []
@@ -209,29 +221,22 @@ class Device:
 
     # -- readings -------------------------------------------------------------------------
 
-    def _window(self, window: float) -> tuple[float, float, float]:
-        """Busy seconds, matrix-busy seconds and energy within the trailing window."""
+    def readings(self, window: float) -> tuple[float, float, float]:
+        """Utilization, matrix utilization and average power over the trailing window —
+        power as management tools report it, averaged rather than instantaneous."""
         lo = self.sim_time - window
         while self.slices and self.slices[0].end <= lo:
             self.slices.popleft()
-        busy = matrix = energy = 0.0
+        busy = matrix = energy = covered = 0.0
         for s in self.slices:
-            overlap = (min(s.end, self.sim_time) - max(s.start, lo)) / (s.end - s.start)
-            busy += s.busy * overlap
-            matrix += s.matrix_busy * overlap
-            energy += s.energy * overlap
-        return busy, matrix, energy
-
-    def utilization(self, window: float) -> float:
-        return min(1.0, self._window(window)[0] / window)
-
-    def matrix_utilization(self, window: float) -> float:
-        return min(1.0, self._window(window)[1] / window)
-
-    def average_power(self, window: float) -> float:
-        """Power as management tools report it: averaged over the window, not instantaneous."""
-        covered = min(window, sum(s.end - s.start for s in self.slices)) if self.slices else 0.0
-        return self._window(window)[2] / covered if covered else self.power
+            inside = min(s.end, self.sim_time) - max(s.start, lo)
+            share = inside / (s.end - s.start)
+            busy += s.busy * share
+            matrix += s.matrix_busy * share
+            energy += s.energy * share
+            covered += inside
+        power = energy / covered if covered else self.power
+        return min(1.0, busy / window), min(1.0, matrix / window), power
 
     def pending_ops(self, context_id: str | None = None) -> float:
         return sum(

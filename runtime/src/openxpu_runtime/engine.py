@@ -269,18 +269,19 @@ class Engine:
 
     def device_telemetry(self, dev: Device) -> api.DeviceTelemetry:
         p = self.profile
+        utilization, matrix_utilization, power = dev.readings(self.window)
         return api.DeviceTelemetry(
             index=dev.index,
             uuid=dev.uuid,
             health=dev.health.value,
             health_reason=dev.health_reason(),
-            utilization_ratio=dev.utilization(self.window),
-            matrix_utilization_ratio=dev.matrix_utilization(self.window),
+            utilization_ratio=utilization,
+            matrix_utilization_ratio=matrix_utilization,
             memory_total_bytes=p.memory_bytes,
             memory_used_bytes=dev.memory_used,
             memory_free_bytes=p.memory_bytes - dev.memory_used,
             temperature_celsius=dev.temperature,
-            power_watts=dev.average_power(self.window),
+            power_watts=power,
             power_limit_watts=p.tdp_watts,
             energy_joules=dev.energy,
             clock_mhz=dev.clock_mhz,
