@@ -7,6 +7,7 @@ from pathlib import Path
 
 from openxpu_lab import paths, pki
 from openxpu_lab.kubeconfig import write_kubeconfig
+from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import KUBERNETES_SERVICE_IP, SERVICE_CIDR, LabSettings
 
 
@@ -16,6 +17,8 @@ class Credentials:
     apiserver: pki.CertPair
     kubelet_client: pki.CertPair
     sa: pki.CertPair
+    front_proxy_ca: pki.CertPair
+    front_proxy_client: pki.CertPair
     admin_kubeconfig: Path
     controller_manager_kubeconfig: Path
     scheduler_kubeconfig: Path
@@ -49,6 +52,12 @@ def ensure_credentials(s: LabSettings) -> Credentials:
         orgs=("system:masters",),
     )
     sa = pki.ensure_service_account_key(d)
+    # Aggregated API servers (metrics-server, ...) trust requests the API server proxies
+    # with this separate CA; the controllers read it from extension-apiserver-authentication.
+    front_proxy_ca = pki.ensure_ca(d, "front-proxy-ca")
+    front_proxy_client = pki.ensure_cert(
+        d, front_proxy_ca, "front-proxy-client", "front-proxy-client"
+    )
 
     def kc(name: str, cn: str, orgs: tuple[str, ...] = ()) -> Path:
         pair = pki.ensure_cert(d, ca, name, cn, orgs=orgs)
@@ -57,13 +66,14 @@ def ensure_credentials(s: LabSettings) -> Credentials:
         )
 
     admin = kc("admin", "openxpu-lab-admin", ("system:masters",))
-    s.layout.admin_kubeconfig.write_text(admin.read_text())
-    s.layout.admin_kubeconfig.chmod(0o600)
+    write_if_changed(s.layout.admin_kubeconfig, admin.read_text(), mode=0o600)
     return Credentials(
         ca=ca,
         apiserver=apiserver,
         kubelet_client=kubelet_client,
         sa=sa,
+        front_proxy_ca=front_proxy_ca,
+        front_proxy_client=front_proxy_client,
         admin_kubeconfig=s.layout.admin_kubeconfig,
         controller_manager_kubeconfig=kc("controller-manager", "system:kube-controller-manager"),
         scheduler_kubeconfig=kc("scheduler", "system:kube-scheduler"),
@@ -108,6 +118,13 @@ def apiserver_argv(s: LabSettings, c: Credentials) -> list[str]:
         f"--service-account-key-file={c.sa.cert}",
         f"--service-account-signing-key-file={c.sa.key}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--requestheader-client-ca-file={c.front_proxy_ca.cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={c.front_proxy_client.cert}",
+        f"--proxy-client-key-file={c.front_proxy_client.key}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
         "--allow-privileged=true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from openxpu_lab.paths import write_if_changed
 from openxpu_lab.pki import CertPair
 
 
@@ -37,6 +38,5 @@ def write_kubeconfig(
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
         "current-context": cluster,
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    path.chmod(0o600)
+    write_if_changed(path, json.dumps(doc, indent=2) + "\n", mode=0o600)
     return path

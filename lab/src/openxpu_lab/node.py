@@ -7,6 +7,7 @@ from pathlib import Path
 
 from openxpu_lab import paths
 from openxpu_lab.controlplane import Credentials
+from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import (
     BRIDGE,
     CLUSTER_DOMAIN,
@@ -136,6 +137,8 @@ def kube_proxy_config(s: LabSettings, c: Credentials) -> str:
         "hostnameOverride": s.node_name,
         "bindAddress": NODE_IP,
         "metricsBindAddress": "127.0.0.1:10249",
+        # NodePorts answer on the lab's node address only, not on the host's own NICs.
+        "nodePortAddresses": [f"{NODE_IP}/32"],
         "healthzBindAddress": "127.0.0.1:10256",
         # Leave the host's conntrack sysctls alone.
         "conntrack": {"maxPerCore": 0, "min": 0},
@@ -153,10 +156,10 @@ def write_node_configs(s: LabSettings, c: Credentials) -> None:
         lay.kubelet_root,
     ):
         d.mkdir(parents=True, exist_ok=True)
-    lay.containerd_config.write_text(containerd_config(s))
-    (lay.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(cni_config(s))
-    (lay.config / "kubelet.json").write_text(kubelet_config(s, c))
-    (lay.config / "kube-proxy.json").write_text(kube_proxy_config(s, c))
+    write_if_changed(lay.containerd_config, containerd_config(s))
+    write_if_changed(lay.cni_conf_dir / f"10-{CNI_NETWORK}.conflist", cni_config(s))
+    write_if_changed(lay.config / "kubelet.json", kubelet_config(s, c))
+    write_if_changed(lay.config / "kube-proxy.json", kube_proxy_config(s, c))
 
 
 def containerd_env() -> dict[str, str]:

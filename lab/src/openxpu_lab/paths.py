@@ -107,3 +107,15 @@ class StateLayout:
         for d in (self.root, self.pki, self.logs, self.pids, self.config):
             d.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
+
+
+def write_if_changed(path: Path, text: str, mode: int | None = None) -> bool:
+    """Rewrite only on change: kube-proxy (and others) watch their files and exit on writes."""
+    if path.exists() and path.read_text() == text:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    if mode is not None:
+        tmp.chmod(mode)
+    tmp.replace(path)
+    return True

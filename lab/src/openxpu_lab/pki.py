@@ -48,17 +48,17 @@ def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name(attrs)
 
 
-def ensure_ca(pki: Path) -> CertPair:
-    pair = CertPair(pki / "ca.crt", pki / "ca.key")
+def ensure_ca(pki: Path, name: str = "ca") -> CertPair:
+    pair = CertPair(pki / f"{name}.crt", pki / f"{name}.key")
     if pair.cert.exists() and pair.key.exists():
         return pair
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    name = _name("openxpu-lab-ca")
+    subject = _name(f"openxpu-lab-{name}")
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))

@@ -1,9 +1,9 @@
 """Pinned versions of everything the lab builds or installs.
 
-Kubernetes v1.33: the newest minor whose kubelet runs on a cgroup v1 host without opting
-out of anything (1.35 refuses cgroup v1 unless `failCgroupV1: false`; 1.34 makes the
-cgroup driver come from the CRI runtime's RuntimeConfig, which containerd 1.7 answers but
-1.6 does not). See docs/lab.md for the full reasoning.
+Kubernetes v1.33: its kubelet still runs on cgroup v1 hosts without opting out of anything
+(1.35 refuses cgroup v1 unless `failCgroupV1: false`), it is supported with containerd 1.7,
+and the machines' own kubectl (v1.32) is within the supported one-minor skew of it.
+See docs/lab.md for the full reasoning.
 """
 
 from typing import Final
