@@ -12,7 +12,7 @@ from typing import Any
 import grpc.aio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import choose_encoder
 
 from openxpu_exporter import __version__
@@ -125,7 +125,7 @@ class Exporter:
         if self.config.refresh_interval == 0:
             await self.refresh_snapshot()
         encoder, content_type = choose_encoder(accept or "")
-        if content_type == CONTENT_TYPE_LATEST:
+        if encoder is generate_latest:
             # The text format Prometheus asks for by default: the fast, equivalent encoder.
             body = self.encoder.encode(self.registry)
         else:

@@ -65,6 +65,9 @@ class TextEncoder:
 
     def encode(self, registry: Collector) -> bytes:
         used: dict[int, tuple[dict[str, str], str]] = {}
+        # Values repeat a lot (0/1 states, one device's reading for each pod holding it).
+        # Zero is left out: -0.0 == 0.0 as a key, but they print differently.
+        values: dict[float, str] = {}
         out: list[str] = []
         append = out.append
         for metric in registry.collect():
@@ -78,7 +81,12 @@ class TextEncoder:
             append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
             late: dict[str, list[str]] = {}
             for s in metric.samples:
-                line = f"{s.name}{self._labels(s.labels, used)} {go_float(s.value)}"
+                value = values.get(s.value)
+                if value is None:
+                    value = go_float(s.value)
+                    if s.value:
+                        values[s.value] = value
+                line = f"{s.name}{self._labels(s.labels, used)} {value}"
                 if s.timestamp is not None:
                     line += f" {int(float(s.timestamp) * 1000):d}"
                 for suffix in _OM_SUFFIXES:
