@@ -58,6 +58,8 @@ def _setup(args: argparse.Namespace) -> tuple[ConfigSource, Config]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO; the xpud and API calls are ours to report.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     source = _source(args)
     try:
         return source, source.load()
