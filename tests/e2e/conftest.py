@@ -84,8 +84,7 @@ def lab_cluster() -> Iterator[LabCluster]:
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("the lab runs a real kubelet and containerd: Linux and root only")
     lab = Lab(LabSettings.for_state(default_state_dir()))
-    st = lab.status()
-    started = not (st["node_ready"] and all(st["components"].values()))
+    started = not lab.is_up()
     if started:
         res = lab.up()
         print(

@@ -24,7 +24,7 @@ def _lab(args: argparse.Namespace) -> Lab:
 
 def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    res = lab.up(openxpu_image=not args.no_openxpu_image)
+    res = lab.up(openxpu_image=not args.no_openxpu_image, kwok_nodes=args.kwok_nodes)
     info = res.info
     print(f"kubeconfig: {info['kubeconfig']}")
     print(f"node:       {info['node']} (Ready)")
@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="bring the cluster up (idempotent); waits for node Ready")
     up.add_argument(
         "--no-openxpu-image", action="store_true", help="skip building/importing the OpenXPU image"
+    )
+    up.add_argument(
+        "--kwok-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run N KWOK-simulated nodes (tainted kwok.x-k8s.io/node=fake)",
     )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop every lab process and remove what it set up")

@@ -19,6 +19,7 @@ from openxpu_lab import (
     gobuild,
     health,
     hostdeps,
+    kwok,
     network,
     node,
     procs,
@@ -38,7 +39,10 @@ COMPONENTS = (
     "kube-scheduler",
     "kubelet",
     "kube-proxy",
+    "kwok",
 )
+# kwok runs only when KWOK nodes were asked for.
+OPTIONAL = frozenset({"kwok"})
 
 
 class LabInfo(TypedDict):
@@ -123,7 +127,7 @@ class Lab:
 
     # ---- up ------------------------------------------------------------------------------
 
-    def up(self, openxpu_image: bool = True) -> UpResult:
+    def up(self, openxpu_image: bool = True, kwok_nodes: int = 0) -> UpResult:
         if os.geteuid() != 0:
             raise LabError("openxpu-lab up needs root (it runs containerd, the kubelet, CNI)")
         t_start = time.monotonic()
@@ -196,6 +200,9 @@ class Lab:
                 "kube-proxy", "/healthz", lambda: health.http_ok("http://127.0.0.1:10256/healthz")
             )
         ready = time.monotonic() - t_run
+        if kwok_nodes or procs.alive("kwok", lay.pids) is not None:
+            with p.step(f"{kwok_nodes} KWOK-simulated nodes"):
+                kwok.ensure_kwok_nodes(s, kwok_nodes, p)
         if openxpu_image:
             self.load_openxpu_image()
         info: LabInfo = {
@@ -227,6 +234,12 @@ class Lab:
         store.import_archive(self.s, archive, self.p)
 
     # ---- status --------------------------------------------------------------------------
+
+    def is_up(self) -> bool:
+        """Every required component runs and the node is Ready."""
+        st = self.status()
+        required = [pid for c, pid in st["components"].items() if c not in OPTIONAL]
+        return bool(st["node_ready"]) and all(required)
 
     def status(self) -> dict[str, Any]:
         comps = {c: procs.alive(c, self.lay.pids) for c in COMPONENTS}
@@ -267,8 +280,15 @@ class Lab:
         report: list[str] = []
         lay = self.lay
         netns: list[str] = []
+        if procs.alive("kube-apiserver", lay.pids) is not None:
+            try:
+                n = kwok.delete_kwok_nodes(self.s)
+            except OSError:
+                n = 0
+            if n:
+                report.append(f"deleted {n} KWOK nodes")
         # The node goes first so nothing restarts containers while we remove them.
-        for name in ("kubelet", "kube-proxy"):
+        for name in ("kwok", "kubelet", "kube-proxy"):
             if procs.stop(name, lay.pids):
                 report.append(f"stopped {name}")
         if procs.alive("containerd", lay.pids) is not None:

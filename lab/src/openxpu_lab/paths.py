@@ -36,6 +36,10 @@ def helm_bin_dir() -> Path:
     return cache_root() / "helm" / versions.HELM / "bin"
 
 
+def kwok_bin_dir() -> Path:
+    return cache_root() / "kwok" / versions.KWOK / "bin"
+
+
 def images_dir() -> Path:
     return cache_root() / "images"
 

@@ -1,0 +1,110 @@
+"""KWOK-simulated nodes beside the real one, for scale tests of the scheduler and operator.
+
+The kwok controller (built from sigs.k8s.io/kwok) fakes the kubelet of every Node that
+carries the annotation below: it keeps them Ready and moves their pods to Running. They are
+tainted so that only pods that opt in (tolerate the taint) land there.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+from openxpu_lab import gobuild, health, procs
+from openxpu_lab.paths import StateLayout
+from openxpu_lab.progress import Progress
+from openxpu_lab.settings import LabSettings
+from openxpu_lab.shell import LabError
+
+ANNOTATION = "kwok.x-k8s.io/node"
+TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+NAME_PREFIX = "kwok-node-"
+
+
+def kwok_argv(s: LabSettings) -> list[str]:
+    return [
+        str(gobuild.kwok_tool().bin_dir / "kwok"),
+        f"--kubeconfig={s.layout.config / 'admin.kubeconfig'}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={ANNOTATION}=fake",
+        # Pods on fake nodes get addresses from a range no real pod uses.
+        "--cidr=10.89.0.0/16",
+        "--node-ip=10.87.0.2",
+        "--server-address=127.0.0.1:10247",
+    ]
+
+
+def node_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "spec": {"taints": [TAINT]},
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+        },
+    }
+
+
+def _request(s: LabSettings, method: str, path: str, body: Any = None) -> int:
+    lay: StateLayout = s.layout
+    ctx = ssl.create_default_context(cafile=str(lay.pki / "ca.crt"))
+    ctx.load_cert_chain(str(lay.pki / "admin.crt"), str(lay.pki / "admin.key"))
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"{s.server_url}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def ensure_kwok_nodes(s: LabSettings, count: int, progress: Progress) -> None:
+    """Run the kwok controller and make sure exactly `count` fake nodes exist."""
+    lay = s.layout
+    gobuild.ensure(gobuild.kwok_tool(), progress)
+    if procs.alive("kwok", lay.pids) is None:
+        procs.start("kwok", kwok_argv(s), lay.pids, lay.logs)
+    health.wait_for(
+        "kwok /healthz",
+        lambda: health.http_ok("http://127.0.0.1:10247/healthz"),
+        timeout=60,
+        component="kwok",
+        pid_dir=lay.pids,
+        log_dir=lay.logs,
+    )
+    for i in range(count):
+        code = _request(s, "POST", "/api/v1/nodes", node_manifest(f"{NAME_PREFIX}{i}"))
+        if code not in (200, 201, 409):
+            raise LabError(f"creating KWOK node {NAME_PREFIX}{i}: HTTP {code}")
+    # Fewer requested than before: remove the extra ones (highest numbers first).
+    i = count
+    while _request(s, "GET", f"/api/v1/nodes/{NAME_PREFIX}{i}") == 200:
+        _request(s, "DELETE", f"/api/v1/nodes/{NAME_PREFIX}{i}")
+        i += 1
+
+
+def delete_kwok_nodes(s: LabSettings) -> int:
+    """Fake nodes have no kubelet to come back: drop them when the lab goes down."""
+    i = 0
+    while _request(s, "DELETE", f"/api/v1/nodes/{NAME_PREFIX}{i}") == 200:
+        i += 1
+    return i
