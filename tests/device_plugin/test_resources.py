@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from openxpu_device_plugin import cdi
 from openxpu_device_plugin.config import AllocationPolicy, ConfigSource
 from openxpu_device_plugin.preferred import Candidate, choose_devices, choose_replicas
 from openxpu_device_plugin.resources import AllocationError, ResourceManager
@@ -128,3 +129,21 @@ def test_replicas_packed_fill_the_busiest_device_first() -> None:
     assert got == ["d5::2", "d5::3", "d4::0"]  # then stays in d5's link group
     got = choose_replicas(replicas(), ["d3::1"], 2, 4, AllocationPolicy.PACKED)
     assert got == ["d3::1", "d3::0"]
+
+
+def test_cdi_spec_is_written_once_per_content(tmp_path: Path) -> None:
+    rm = manager(tmp_path)
+    spec = cdi.build_spec(rm.xpus, "/run/openxpu/xpud.sock")
+    assert spec["kind"] == "openxpu.io/xpu"
+    names = [d["name"] for d in spec["devices"]]
+    assert names[:2] == ["XPU-0000", "0"] and names[-1] == "all"
+    # The inventory's device paths are plain files here (absent): trusted as device nodes.
+    assert spec["devices"][0]["containerEdits"]["deviceNodes"][0]["path"] == "/dev/xpu0"
+    assert cdi.write_spec(tmp_path / "cdi", spec)
+    assert not cdi.write_spec(tmp_path / "cdi", spec)
+    assert [p.name for p in (tmp_path / "cdi").iterdir()] == ["openxpu.io-xpu.yaml"]
+    (tmp_path / "xpu0").write_text("")  # an emulated node that is a plain file: bind-mounted
+    rm.set_inventory(inventory(tmp_path))
+    edits = cdi.build_spec(rm.xpus, "/run/openxpu/xpud.sock")["devices"][0]["containerEdits"]
+    assert edits["mounts"][0]["containerPath"] == "/dev/xpu0"
+    assert cdi.write_spec(tmp_path / "cdi", cdi.build_spec(rm.xpus, "/x/xpud.sock"))

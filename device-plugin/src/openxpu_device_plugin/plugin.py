@@ -125,7 +125,16 @@ class DevicePlugin:
         self.server = server
         try:
             await server.start()
-            await register(self.plugin_dir, self.socket.name, self.config.advertised_resource)
+            registering = asyncio.ensure_future(
+                register(self.plugin_dir, self.socket.name, self.config.advertised_resource)
+            )
+            # SIGTERM must not wait out a slow kubelet's registration timeout.
+            await _first(self._stop.wait(), registering)
+            if not registering.done():
+                registering.cancel()
+                await server.stop()
+                return
+            registering.result()
         except Exception as exc:
             await server.stop()
             delay = backoff.next()
