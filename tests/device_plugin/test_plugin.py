@@ -138,6 +138,7 @@ async def test_kubelet_restart_leads_to_reregistration(
     # SIGHUP does the same.
     plugin.hangup()
     await kubelet.wait_registered(3, within=5)
+    await asyncio.wait_for(plugin.registered.wait(), 5)  # the plugin's side of the same call
     assert plugin.registrations == 3
 
 
