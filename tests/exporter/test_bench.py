@@ -5,7 +5,7 @@
 A real xpud (`--count N`), a PodResources server attributing 100 pods, and the exporter as
 its own process, scraped back to back over HTTP keep-alive like Prometheus does. Both read
 modes are measured: a background snapshot (refresh_interval 1 s, the default) and a fresh
-read of xpud on every scrape (refresh_interval 0).
+read of xpud on every scrape (refresh_interval 0); and the default with DCGM names added.
 """
 
 from __future__ import annotations
@@ -64,16 +64,20 @@ def node(request: pytest.FixtureRequest, short_dir: Path) -> Iterator[tuple[Xpud
     proc.stop()
 
 
-@pytest.mark.parametrize("refresh", ["1", "0"], ids=["cached", "per-scrape"])
+@pytest.mark.parametrize(
+    ("refresh", "dcgm"),
+    [("1", False), ("0", False), ("1", True)],
+    ids=["cached", "per-scrape", "cached+dcgm"],
+)
 def test_scrape_cost(
-    node: tuple[XpudProcess, int], kubelet: FakeKubelet, short_dir: Path, refresh: str
+    node: tuple[XpudProcess, int], kubelet: FakeKubelet, short_dir: Path, refresh: str, dcgm: bool
 ) -> None:
     xpud, count = node
     with xpud.client() as c:
         attribute_pods(kubelet, [d.uuid for d in c.telemetry().devices])
     with running_exporter(
         "--xpud-socket", str(xpud.socket), "--kubelet-socket", str(kubelet.socket_path),
-        "--refresh-interval", refresh, "--dcgm-compat",
+        "--refresh-interval", refresh, "--dcgm-compat" if dcgm else "--no-dcgm-compat",
         log=short_dir / "exporter.log",
     ) as exporter, httpx.Client(base_url=exporter.url, timeout=10.0) as http:  # fmt: skip
         assert exporter.proc is not None
@@ -100,10 +104,10 @@ def test_scrape_cost(
         latencies.sort()
         p50 = statistics.median(latencies) * 1000
         p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-        mode = "cached" if refresh == "1" else "per-scrape"
+        mode = ("cached" if refresh == "1" else "per-scrape") + ("+dcgm" if dcgm else "")
         print(
             f"\nBENCH exporter devices={count} pods={PODS} mode={mode} samples={len(series)} "
             f"bytes={len(body)} scrapes={SCRAPES} p50_ms={p50:.2f} p99_ms={p99:.2f} "
             f"cpu_ms_per_scrape={cpu / SCRAPES * 1000:.2f} rss_mib={rss_mib(pid):.1f} "
-            f"wall_s={wall:.1f}"
+            f"wall_s={wall:.1f} loadavg={os.getloadavg()[0]:.1f}"
         )
