@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 from openxpu_device_plugin import cdi
 from openxpu_device_plugin.config import Config, ConfigError, ConfigSource
@@ -190,9 +192,9 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-async def _first(*aws: object) -> None:
+async def _first(*aws: Awaitable[Any]) -> None:
     """Wait until the first of `aws` finishes; cancel the others that we created."""
-    futs = [asyncio.ensure_future(a) for a in aws]  # type: ignore[call-overload]
+    futs = [asyncio.ensure_future(a) for a in aws]
     try:
         await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED)
     finally:
