@@ -5,6 +5,7 @@ what a container gets, and preferred allocation. No gRPC here: the server transl
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -61,7 +62,7 @@ class Xpu:
             is_device_node=is_node,
         )
 
-    @property
+    @functools.cached_property
     def container_path(self) -> str:
         return f"/dev/{PurePosixPath(self.device_path).name}"
 
@@ -112,6 +113,8 @@ class ResourceManager:
         self._reachable = False
         self._unreachable_reason = "xpud not contacted yet"
         self._slots: dict[str, _Slot] = {}
+        self._socket_env = ""
+        self._socket_mount = MountSpec("", "", True)
         self.generation = 0
         self._changed = asyncio.Event()
 
@@ -167,6 +170,10 @@ class ResourceManager:
         return self._reachable and self._health.get(uuid) in SCHEDULABLE
 
     def _rebuild(self) -> None:
+        # Allocate is the hot path: what depends only on config is computed here, once.
+        sock = PurePosixPath(self._config.flags.xpud_socket)
+        self._socket_env = f"{CONTAINER_RUN_DIR}/{sock.name}"
+        self._socket_mount = MountSpec(CONTAINER_RUN_DIR, str(sock.parent), True)
         slots: dict[str, _Slot] = {}
         for x in self._xpus:
             base = (
@@ -249,7 +256,7 @@ class ResourceManager:
         out.envs["XPU_VISIBLE_DEVICES"] = ",".join(
             str(x.index) if by_index else x.uuid for x in xpus
         )
-        out.envs["XPUD_SOCKET"] = f"{CONTAINER_RUN_DIR}/{PurePosixPath(cfg.flags.xpud_socket).name}"
+        out.envs["XPUD_SOCKET"] = self._socket_env
         for i, (x, count) in enumerate(per_device.values()):
             limit = cfg.memory_limit_per_replica(x.memory_total_bytes)
             if limit is not None:
@@ -259,9 +266,7 @@ class ResourceManager:
             # The runtime injects nodes and the socket mount from the CDI spec.
             out.cdi_devices = [f"{CDI_KIND}={x.uuid}" for x in xpus]
             return out
-        out.mounts.append(
-            MountSpec(CONTAINER_RUN_DIR, str(PurePosixPath(cfg.flags.xpud_socket).parent), True)
-        )
+        out.mounts.append(self._socket_mount)
         if DeviceListStrategy.DEVICE_SPECS in strategies:
             for x in xpus:
                 if x.is_device_node:
