@@ -67,6 +67,23 @@ def node_xpus(lab_cluster: LabCluster) -> Iterator[XpudProcess]:
         log.close()
         xpud.stop()
         shutil.rmtree(root, ignore_errors=True)
+        # The kubelet keeps a departed plugin's resource at capacity 0 for good; take the
+        # test resource off the node so the lab is left as it was.
+        key = RESOURCE.replace("/", "~1")
+        patch = [
+            {"op": "remove", "path": f"/status/{field}/{key}"}
+            for field in ("capacity", "allocatable")
+        ]
+        lab_cluster.kubectl(
+            "patch",
+            "node",
+            lab_cluster.node_name,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            json.dumps(patch),
+            check=False,
+        )
 
 
 def allocatable(lab: LabCluster) -> int:
