@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from openxpu_lab import envtest, gobuild, procs
+from openxpu_lab import envtest, gobuild, procs, versions
 from openxpu_lab.cluster import COMPONENTS, Lab
 from openxpu_lab.paths import default_state_dir
 from openxpu_lab.progress import Progress
@@ -96,10 +96,15 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     p = Progress(quiet=args.quiet)
-    tools = [gobuild.kubernetes_tool(), gobuild.containerd_tool()]
+    k8s = gobuild.kubernetes_tool()
+    spent = sum(gobuild.ensure(k8s, p, only=versions.KUBERNETES_COMPONENTS).values())
+    tools = [k8s, gobuild.containerd_tool()]
     if args.helm:
         tools.append(gobuild.helm_tool())
-    spent = sum(sum(gobuild.ensure(t, p).values()) for t in tools)
+    if args.kwok:
+        tools.append(gobuild.kwok_tool())
+    spent += sum(sum(gobuild.ensure(t, p).values()) for t in tools[1:])
+    gobuild.kubectl_path(p)
     print(
         f"binaries ready; built {spent:.0f}s this run, cold build recorded "
         f"{gobuild.recorded_build_seconds():.0f}s"
@@ -166,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     kc.set_defaults(func=cmd_kubeconfig)
     b = sub.add_parser("build", help="only build the Kubernetes/containerd binaries")
     b.add_argument("--helm", action="store_true", help="also build helm")
+    b.add_argument("--kwok", action="store_true", help="also build kwok")
     b.set_defaults(func=cmd_build)
     ao = sub.add_parser("apiserver-only", help="etcd + kube-apiserver in the foreground")
     ao.set_defaults(func=cmd_apiserver_only)

@@ -43,6 +43,13 @@ def start(
     with log_path.open("ab") as log:
         log.write(f"\n==== {time.strftime('%F %T')} starting {name}\n".encode())
     args = [str(a) for a in argv]
+    full_env = {**os.environ, **(env or {})}
+    # The kubelet and kube-proxy run iptables/conntrack/mount from the sbin directories,
+    # which a non-login environment may lack.
+    path = full_env.get("PATH", "/usr/bin:/bin").split(":")
+    full_env["PATH"] = ":".join(
+        [*path, *(d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in path)]
+    )
     # Started through a shell that backgrounds it and exits at once: the component is never
     # our child, so it outlives this process and leaves no zombie or Popen behind.
     launcher = subprocess.run(
@@ -54,7 +61,7 @@ def start(
             str(log_path),
             *args,
         ],
-        env={**os.environ, **(env or {})},
+        env=full_env,
         capture_output=True,
         text=True,
         check=True,
