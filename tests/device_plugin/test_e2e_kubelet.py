@@ -4,7 +4,9 @@ takes the device out of allocatable until it is cleared.
 
 A scratch xpud with real character device nodes serves the lab node's devices; the plugin
 runs as its own process under a test-only resource name (`openxpu.io/xpu-e2e`) with its CDI
-spec in a scratch dir, so it cannot collide with an OpenXPU install on the same lab.
+spec in a scratch dir, so it cannot collide with an OpenXPU install on the same lab. As after
+any plugin's removal, the kubelet keeps that resource on the node with allocatable 0 until it
+restarts (a status patch removing it is undone by the kubelet's next status update).
 """
 
 from __future__ import annotations
@@ -67,23 +69,6 @@ def node_xpus(lab_cluster: LabCluster) -> Iterator[XpudProcess]:
         log.close()
         xpud.stop()
         shutil.rmtree(root, ignore_errors=True)
-        # The kubelet keeps a departed plugin's resource at capacity 0 for good; take the
-        # test resource off the node so the lab is left as it was.
-        key = RESOURCE.replace("/", "~1")
-        patch = [
-            {"op": "remove", "path": f"/status/{field}/{key}"}
-            for field in ("capacity", "allocatable")
-        ]
-        lab_cluster.kubectl(
-            "patch",
-            "node",
-            lab_cluster.node_name,
-            "--subresource=status",
-            "--type=json",
-            "-p",
-            json.dumps(patch),
-            check=False,
-        )
 
 
 def allocatable(lab: LabCluster) -> int:
