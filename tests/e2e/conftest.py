@@ -53,6 +53,10 @@ class LabCluster:
         out: dict[str, object] = json.loads(self.kubectl(*args, "-o", "json").stdout)
         return out
 
+    def restart_kubelet(self) -> None:
+        """Stop the kubelet by pid and start it again; returns when the node is Ready."""
+        self.lab.restart("kubelet")
+
     def wait_pod_phase(
         self, name: str, phases: set[str], timeout: float = 120, namespace: str = "default"
     ) -> str:

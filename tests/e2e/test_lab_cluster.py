@@ -70,6 +70,30 @@ def test_long_running_pod_reaches_running(lab_cluster: LabCluster) -> None:
         lab_cluster.kubectl("delete", "pod", name, "--grace-period=1", "--wait=false", check=False)
 
 
+def test_kubelet_restart_keeps_pods(lab_cluster: LabCluster) -> None:
+    name = _name("survivor")
+    lab_cluster.kubectl(
+        "run",
+        name,
+        f"--image={lab_cluster.images['busybox']}",
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "300",
+    )
+    try:
+        lab_cluster.wait_pod_phase(name, {"Running"})
+        before = lab_cluster.lab.status()["components"]["kubelet"]
+        lab_cluster.restart_kubelet()
+        after = lab_cluster.lab.status()["components"]["kubelet"]
+        assert after is not None and after != before
+        assert lab_cluster.lab.node_ready()
+        assert lab_cluster.wait_pod_phase(name, {"Running"}) == "Running"
+    finally:
+        lab_cluster.kubectl("delete", "pod", name, "--grace-period=1", "--wait=false", check=False)
+
+
 def test_openxpu_image_has_the_packages(lab_cluster: LabCluster) -> None:
     name = _name("pkgs")
     lab_cluster.kubectl(

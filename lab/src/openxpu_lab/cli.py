@@ -81,6 +81,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    _lab(args).restart(args.component)
+    return 0
+
+
 def cmd_load_images(args: argparse.Namespace) -> int:
     _lab(args).load_images(force=args.rebuild)
     return 0
@@ -163,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-n", "--lines", type=int, default=100)
     lg.add_argument("-f", "--follow", action="store_true")
     lg.set_defaults(func=cmd_logs)
+    rs = sub.add_parser("restart", help="restart one component (e.g. the kubelet)")
+    rs.add_argument("component", choices=COMPONENTS)
+    rs.set_defaults(func=cmd_restart)
     li = sub.add_parser("load-images", help="(re)build and import the lab's images")
     li.add_argument("--rebuild", action="store_true", help="rebuild the OpenXPU image")
     li.set_defaults(func=cmd_load_images)

@@ -127,7 +127,9 @@ class Lab:
 
     # ---- up ------------------------------------------------------------------------------
 
-    def up(self, openxpu_image: bool = True, kwok_nodes: int = 0) -> UpResult:
+    def up(self, openxpu_image: bool = True, kwok_nodes: int | None = None) -> UpResult:
+        """Start whatever is not running and wait for node Ready. `kwok_nodes`: None leaves
+        KWOK nodes as they are, N makes it exactly N (0 removes them)."""
         if os.geteuid() != 0:
             raise LabError("openxpu-lab up needs root (it runs containerd, the kubelet, CNI)")
         t_start = time.monotonic()
@@ -200,7 +202,7 @@ class Lab:
                 "kube-proxy", "/healthz", lambda: health.http_ok("http://127.0.0.1:10256/healthz")
             )
         ready = time.monotonic() - t_run
-        if kwok_nodes or procs.alive("kwok", lay.pids) is not None:
+        if kwok_nodes is not None:
             with p.step(f"{kwok_nodes} KWOK-simulated nodes"):
                 kwok.ensure_kwok_nodes(s, kwok_nodes, p)
         if openxpu_image:
@@ -232,6 +234,16 @@ class Lab:
         hostdeps.ensure_packages(("mmdebstrap",), self.p)
         archive = openxpu.ensure_image(self.p, force=force)
         store.import_archive(self.s, archive, self.p)
+
+    def restart(self, component: str) -> UpResult:
+        """Stop one component by pid and bring the lab back (e.g. kubelet restart tests:
+        device plugins must re-register with the new kubelet)."""
+        if component not in COMPONENTS:
+            raise LabError(f"unknown component {component}; one of {', '.join(COMPONENTS)}")
+        was_running = procs.stop(component, self.lay.pids)
+        if component == "kwok" and was_running:
+            kwok.ensure_kwok_controller(self.s, self.p)
+        return self.up(openxpu_image=False)
 
     # ---- status --------------------------------------------------------------------------
 

@@ -77,8 +77,7 @@ def _request(s: LabSettings, method: str, path: str, body: Any = None) -> int:
         return int(exc.code)
 
 
-def ensure_kwok_nodes(s: LabSettings, count: int, progress: Progress) -> None:
-    """Run the kwok controller and make sure exactly `count` fake nodes exist."""
+def ensure_kwok_controller(s: LabSettings, progress: Progress) -> None:
     lay = s.layout
     gobuild.ensure(gobuild.kwok_tool(), progress)
     if procs.alive("kwok", lay.pids) is None:
@@ -91,11 +90,16 @@ def ensure_kwok_nodes(s: LabSettings, count: int, progress: Progress) -> None:
         pid_dir=lay.pids,
         log_dir=lay.logs,
     )
+
+
+def ensure_kwok_nodes(s: LabSettings, count: int, progress: Progress) -> None:
+    """Run the kwok controller and make sure exactly `count` fake nodes exist."""
+    ensure_kwok_controller(s, progress)
     for i in range(count):
         code = _request(s, "POST", "/api/v1/nodes", node_manifest(f"{NAME_PREFIX}{i}"))
         if code not in (200, 201, 409):
             raise LabError(f"creating KWOK node {NAME_PREFIX}{i}: HTTP {code}")
-    # Fewer requested than before: remove the extra ones (highest numbers first).
+    # Fewer requested than before: remove the extra ones.
     i = count
     while _request(s, "GET", f"/api/v1/nodes/{NAME_PREFIX}{i}") == 200:
         _request(s, "DELETE", f"/api/v1/nodes/{NAME_PREFIX}{i}")
