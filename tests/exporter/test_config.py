@@ -14,14 +14,27 @@ pytestmark = pytest.mark.unit
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = tmp_path / "c.yaml"
     file.write_text("dcgm_compat: true\nport: 9500\nrefresh_interval: 2\nhostname: from-file\n")
-    monkeypatch.setenv("OPENXPU_EXPORTER_PORT", "9600")
+    monkeypatch.setenv("OPENXPU_EXPORTER_LISTEN", "127.0.0.1:9600")
     monkeypatch.setenv("OPENXPU_EXPORTER_DISABLED_METRICS", "a, b")
     config = load(file, {"refresh_interval": 0, "hostname": None})
     assert config.dcgm_compat is True
-    assert config.port == 9600
+    assert (config.host, config.port) == ("127.0.0.1", 9600)
     assert config.refresh_interval == 0
     assert config.hostname == "from-file"
     assert config.disabled_metrics == frozenset({"a", "b"})
+
+
+def test_service_links_of_a_service_named_openxpu_exporter_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the kubelet injects into every pod of a namespace with this Service.
+    monkeypatch.setenv("OPENXPU_EXPORTER_PORT", "tcp://10.96.82.11:9400")
+    monkeypatch.setenv("OPENXPU_EXPORTER_SERVICE_HOST", "10.96.82.11")
+    monkeypatch.setenv("OPENXPU_EXPORTER_SERVICE_PORT", "9400")
+    assert load().port == 9400
+    monkeypatch.setenv("OPENXPU_EXPORTER_LISTEN", "nonsense")
+    with pytest.raises(ConfigError, match="listen: expected HOST:PORT"):
+        load()
 
 
 def test_defaults_match_dcgm_exporter_habits(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,15 +12,20 @@ import uvicorn
 
 from openxpu_exporter import __version__
 from openxpu_exporter.app import create_app
-from openxpu_exporter.config import DEFAULT_KUBELET_SOCKET, DEFAULT_PORT, ConfigError, load
+from openxpu_exporter.config import (
+    DEFAULT_KUBELET_SOCKET,
+    DEFAULT_PORT,
+    ConfigError,
+    load,
+    parse_listen,
+)
 
 
 def _listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
     try:
-        return host or "0.0.0.0", int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT or :PORT, got {value!r}") from None
+        return parse_listen(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

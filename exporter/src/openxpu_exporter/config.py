@@ -18,8 +18,20 @@ DEFAULT_PORT = 9400
 RESOURCE_NAMES = ("openxpu.io/xpu", "openxpu.io/xpu.shared")
 
 
+ENV_PREFIX = "OPENXPU_EXPORTER_"
+
+
 class ConfigError(ValueError):
     """A setting is invalid; the message names it and says what is allowed."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `:PORT`, as for --listen and OPENXPU_EXPORTER_LISTEN."""
+    host, _, port = value.rpartition(":")
+    try:
+        return host or "0.0.0.0", int(port)
+    except ValueError:
+        raise ConfigError(f"listen: expected HOST:PORT or :PORT, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,14 @@ def load(file: Path | None = None, overrides: dict[str, Any] | None = None) -> C
         if unknown:
             raise ConfigError(f"unknown setting(s) in {file}: {', '.join(unknown)}")
         values.update(data)
-    for name in names:
-        env = os.environ.get(f"OPENXPU_EXPORTER_{name.upper()}")
+    # Not host and port: for a Service named openxpu-exporter Kubernetes injects
+    # OPENXPU_EXPORTER_PORT=tcp://… into every pod. The address comes from ..._LISTEN.
+    for name in names - {"host", "port"}:
+        env = os.environ.get(f"{ENV_PREFIX}{name.upper()}")
         if env is not None:
             values[name] = env
+    listen = os.environ.get(f"{ENV_PREFIX}LISTEN")
+    if listen is not None:
+        values["host"], values["port"] = parse_listen(listen)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return Config(**{k: _coerce(k, v) for k, v in values.items()})
