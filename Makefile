@@ -39,7 +39,7 @@ bench: setup
 	$(UV) run --no-sync pytest -m bench -s -p no:cacheprovider
 
 demo: setup
-	$(UV) run --no-sync python -m openxpu_demo
+	PATH="$(dir $(UV)):$$PATH" bash demo/run.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
