@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--kwok-nodes",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="also run N KWOK-simulated nodes (tainted kwok.x-k8s.io/node=fake)",
+        help="run exactly N KWOK-simulated nodes (tainted kwok.x-k8s.io/node=fake); "
+        "0 removes them; default: leave them as they are",
     )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop every lab process and remove what it set up")
