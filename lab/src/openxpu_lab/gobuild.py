@@ -45,6 +45,9 @@ class GoTool:
 
 def _go_env() -> dict[str, str]:
     env = dict(os.environ)
+    # The toolchain's usual home, for environments whose PATH does not name it.
+    if shutil.which("go") is None and Path("/usr/local/go/bin/go").exists():
+        env["PATH"] = f"/usr/local/go/bin:{env.get('PATH', '/usr/bin:/bin')}"
     env.setdefault("GOFLAGS", "-buildvcs=false")
     # Static binaries: nothing to link against on the host, and no C toolchain needed.
     env["CGO_ENABLED"] = "0"
@@ -160,8 +163,10 @@ def ensure(tool: GoTool, progress: Progress, only: tuple[str, ...] = ()) -> dict
     missing = [m for m in tool.missing() if not only or m in only]
     if not missing:
         return spent
-    if shutil.which("go") is None:
-        raise LabError("the Go toolchain is needed to build the lab's binaries (apt: golang-go)")
+    if shutil.which("go", path=_go_env()["PATH"]) is None:
+        raise LabError(
+            "the Go toolchain (>= 1.24) is needed to build the lab's binaries; none on PATH"
+        )
     with progress.step(f"fetching {tool.module}@{tool.version} via the Go module proxy"):
         _write_module(tool)
     tool.bin_dir.mkdir(parents=True, exist_ok=True)
