@@ -321,7 +321,7 @@ class Lab:
         n = cleanup.kill_kubepods()
         if n:
             report.append(f"killed {n} leftover container processes")
-        n = cleanup.unmount_under(lay.root)
+        n = cleanup.unmount_under(self.s.kubelet_root) + cleanup.unmount_under(lay.root)
         if n:
             report.append(f"unmounted {n} mounts")
         n = cleanup.remove_netns(netns)
@@ -338,6 +338,9 @@ class Lab:
             cleanup.unmount_under(lay.root)
             shutil.rmtree(lay.root, ignore_errors=True)
             report.append(f"deleted {lay.root}")
+            if (self.s.kubelet_root / node.KUBELET_ROOT_MARKER).exists():
+                shutil.rmtree(self.s.kubelet_root, ignore_errors=True)
+                report.append(f"deleted {self.s.kubelet_root}")
         return report
 
     # ---- what `down` must not leave behind ------------------------------------------------
@@ -352,6 +355,7 @@ class Lab:
         found += [f"containerd shim pid {p}" for p in cleanup.shim_pids(self.lay.containerd_socket)]
         found += [f"container process pid {p}" for p in cleanup.kubepods_pids()]
         found += [f"mount {m}" for m in cleanup.mounts_under(self.lay.root)]
+        found += [f"mount {m}" for m in cleanup.mounts_under(self.s.kubelet_root)]
         found += [f"network device {d}" for d in network.lab_links()]
         found += [f"network namespace {n}" for n in cleanup.cni_netns()]
         found += [f"iptables {c}" for c in network.lab_iptables()]

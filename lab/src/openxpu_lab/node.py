@@ -22,6 +22,7 @@ PAUSE_IMAGE = "localhost/openxpu-lab/pause:1"
 CNI_BIN_DIR = "/usr/lib/cni"
 CDI_SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
 RUNC = "/usr/sbin/runc"
+KUBELET_ROOT_MARKER = ".openxpu-lab"
 
 
 def containerd_config(s: LabSettings) -> str:
@@ -153,9 +154,11 @@ def write_node_configs(s: LabSettings, c: Credentials) -> None:
         lay.containerd_state,
         lay.cni_conf_dir,
         lay.cni_ipam_dir,
-        lay.kubelet_root,
+        s.kubelet_root,
     ):
         d.mkdir(parents=True, exist_ok=True)
+    # Marks the kubelet root as the lab's, so `down --purge` may delete it.
+    (s.kubelet_root / KUBELET_ROOT_MARKER).touch()
     write_if_changed(lay.containerd_config, containerd_config(s))
     write_if_changed(lay.cni_conf_dir / f"10-{CNI_NETWORK}.conflist", cni_config(s))
     write_if_changed(lay.config / "kubelet.json", kubelet_config(s, c))
@@ -182,8 +185,8 @@ def kubelet_argv(s: LabSettings, c: Credentials) -> list[str]:
         str(paths.k8s_bin_dir() / "kubelet"),
         f"--config={s.layout.config / 'kubelet.json'}",
         f"--kubeconfig={c.kubelet_kubeconfig}",
-        f"--root-dir={s.layout.kubelet_root}",
-        f"--cert-dir={s.layout.kubelet_root / 'pki'}",
+        f"--root-dir={s.kubelet_root}",
+        f"--cert-dir={s.kubelet_root / 'pki'}",
         f"--hostname-override={s.node_name}",
         f"--node-ip={NODE_IP}",
         "--v=1",

@@ -91,10 +91,6 @@ class StateLayout:
         return self.root / "cni" / "ipam"
 
     @property
-    def kubelet_root(self) -> Path:
-        return self.root / "kubelet"
-
-    @property
     def config(self) -> Path:
         return self.root / "config"
 

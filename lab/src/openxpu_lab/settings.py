@@ -43,6 +43,9 @@ class LabSettings:
     etcd_client_port: int = 12379
     etcd_peer_port: int = 12380
     apiserver_only: bool = False
+    # The standard place, not the state dir: device plugins (kubelet.sock), the exporter
+    # (pod-resources socket) and every chart's hostPath mounts expect the kubelet there.
+    kubelet_root: Path = Path("/var/lib/kubelet")
 
     @property
     def server_url(self) -> str:
