@@ -2,33 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from openxpu_device_plugin.config import ConfigSource
 from openxpu_device_plugin.plugin import DevicePlugin
-from openxpu_runtime.testing import XpudProcess
 
 from .kubelet_peer import KubeletPeer
-
-
-@pytest.fixture
-def short_root() -> Iterator[Path]:
-    """A scratch host root with a short path: unix socket paths are limited to 107 bytes."""
-    root = Path(tempfile.mkdtemp(prefix="xdp-", dir="/tmp"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def xpud(short_root: Path) -> Iterator[XpudProcess]:
-    proc = XpudProcess(short_root, "--profile", "x1-8").start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture

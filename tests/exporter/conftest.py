@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,24 +14,16 @@ from .support import FakeKubelet
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths are limited to 107 bytes: keep them out of pytest's long tmp paths."""
-    root = Path(tempfile.mkdtemp(prefix="xpx-", dir="/tmp"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def manual_xpud(short_dir: Path) -> Iterator[XpudProcess]:
+def manual_xpud(short_root: Path) -> Iterator[XpudProcess]:
     """8 devices on the manual clock: readings change only when the test advances time."""
-    proc = XpudProcess(short_dir / "host", "--profile", "x1-8", "--clock", "manual").start()
+    proc = XpudProcess(short_root / "host", "--profile", "x1-8", "--clock", "manual").start()
     yield proc
     proc.stop()
 
 
 @pytest.fixture
-def kubelet(short_dir: Path) -> Iterator[FakeKubelet]:
-    server = FakeKubelet(short_dir / "kubelet.sock").start()
+def kubelet(short_root: Path) -> Iterator[FakeKubelet]:
+    server = FakeKubelet(short_root / "kubelet.sock").start()
     yield server
     server.stop()
 

@@ -82,11 +82,11 @@ async def test_dcgm_names_carry_pod_labels_too(
 
 
 async def test_missing_kubelet_socket_keeps_serving_and_says_so(
-    manual_xpud: XpudProcess, short_dir: Path, make_exporter: Any
+    manual_xpud: XpudProcess, short_root: Path, make_exporter: Any
 ) -> None:
     exporter = await make_exporter(
         xpud_socket=manual_xpud.socket,
-        kubelet_socket=short_dir / "absent.sock",
+        kubelet_socket=short_root / "absent.sock",
         refresh_interval=0,
     )
     series = await scrape(exporter)
@@ -97,10 +97,10 @@ async def test_missing_kubelet_socket_keeps_serving_and_says_so(
 
 
 async def test_attribution_follows_the_kubelet(
-    manual_xpud: XpudProcess, short_dir: Path, make_exporter: Any
+    manual_xpud: XpudProcess, short_root: Path, make_exporter: Any
 ) -> None:
     """The socket appears late, pods come and go; a kubelet restart keeps the last mapping."""
-    sock = short_dir / "late.sock"
+    sock = short_root / "late.sock"
     exporter = await make_exporter(
         xpud_socket=manual_xpud.socket, kubelet_socket=sock, refresh_interval=0
     )

@@ -57,9 +57,9 @@ def attribute_pods(kubelet: FakeKubelet, uuids: list[str]) -> None:
 
 
 @pytest.fixture(params=[8, 64, 256], ids=lambda n: f"{n}dev")
-def node(request: pytest.FixtureRequest, short_dir: Path) -> Iterator[tuple[XpudProcess, int]]:
+def node(request: pytest.FixtureRequest, short_root: Path) -> Iterator[tuple[XpudProcess, int]]:
     count: int = request.param
-    proc = XpudProcess(short_dir / "host", "--profile", "x1-8", "--count", str(count)).start()
+    proc = XpudProcess(short_root / "host", "--profile", "x1-8", "--count", str(count)).start()
     yield proc, count
     proc.stop()
 
@@ -70,7 +70,7 @@ def node(request: pytest.FixtureRequest, short_dir: Path) -> Iterator[tuple[Xpud
     ids=["cached", "per-scrape", "cached+dcgm"],
 )
 def test_scrape_cost(
-    node: tuple[XpudProcess, int], kubelet: FakeKubelet, short_dir: Path, refresh: str, dcgm: bool
+    node: tuple[XpudProcess, int], kubelet: FakeKubelet, short_root: Path, refresh: str, dcgm: bool
 ) -> None:
     xpud, count = node
     with xpud.client() as c:
@@ -78,7 +78,7 @@ def test_scrape_cost(
     with running_exporter(
         "--xpud-socket", str(xpud.socket), "--kubelet-socket", str(kubelet.socket_path),
         "--refresh-interval", refresh, "--dcgm-compat" if dcgm else "--no-dcgm-compat",
-        log=short_dir / "exporter.log",
+        log=short_root / "exporter.log",
     ) as exporter, httpx.Client(base_url=exporter.url, timeout=10.0) as http:  # fmt: skip
         assert exporter.proc is not None
         pid = exporter.proc.pid

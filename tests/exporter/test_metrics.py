@@ -39,9 +39,9 @@ def xpu_smi_json(socket: Path) -> api.Telemetry:
 
 
 @pytest.fixture
-def loaded_xpud(short_dir: Path) -> Any:
+def loaded_xpud(short_root: Path) -> Any:
     """A real-time xpud with xpu-burn holding memory and running 80% on devices 0 and 1."""
-    proc = XpudProcess(short_dir / "host", "--profile", "x1-8", "--tick", "0.25").start()
+    proc = XpudProcess(short_root / "host", "--profile", "x1-8", "--tick", "0.25").start()
     burn = subprocess.Popen(
         [sys.executable, "-m", "openxpu_runtime.samples.burn", "--duration", "60",
          "--utilization", "0.8", "--memory", "1Gi"],
@@ -220,10 +220,10 @@ async def test_cached_snapshot_refreshes_in_the_background(
     assert 0 <= age < 1
 
 
-def test_http_endpoints(manual_xpud: XpudProcess, short_dir: Path) -> None:
+def test_http_endpoints(manual_xpud: XpudProcess, short_root: Path) -> None:
     with running_exporter(
         "--xpud-socket", str(manual_xpud.socket), "--no-pod-attribution",
-        log=short_dir / "exporter.log",
+        log=short_root / "exporter.log",
     ) as exporter:  # fmt: skip
         assert httpx.get(f"{exporter.url}/healthz").json() == {"status": "ok"}
         ready = httpx.get(f"{exporter.url}/readyz")
@@ -245,10 +245,10 @@ def test_http_endpoints(manual_xpud: XpudProcess, short_dir: Path) -> None:
         assert httpx.get(f"{exporter.url}/nope").status_code == 404
 
 
-def test_not_ready_until_xpud_answers(short_dir: Path) -> None:
+def test_not_ready_until_xpud_answers(short_root: Path) -> None:
     with running_exporter(
-        "--xpud-socket", str(short_dir / "none.sock"), "--no-pod-attribution",
-        log=short_dir / "exporter.log", wait_ready=False,
+        "--xpud-socket", str(short_root / "none.sock"), "--no-pod-attribution",
+        log=short_root / "exporter.log", wait_ready=False,
     ) as exporter:  # fmt: skip
         assert httpx.get(f"{exporter.url}/healthz").status_code == 200
         assert httpx.get(f"{exporter.url}/readyz").status_code == 503
@@ -257,7 +257,7 @@ def test_not_ready_until_xpud_answers(short_dir: Path) -> None:
         assert one(series, "openxpu_exporter_xpud_up").value == 0
 
 
-def test_cli_help_and_bad_settings(short_dir: Path) -> None:
+def test_cli_help_and_bad_settings(short_root: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "openxpu_exporter.cli", *args],
@@ -268,7 +268,7 @@ def test_cli_help_and_bad_settings(short_dir: Path) -> None:
     assert out.returncode == 0 and "--dcgm-compat" in out.stdout
     bad = run("--refresh-interval", "-1")
     assert bad.returncode == 2 and "refresh_interval must be 0..3600" in bad.stderr
-    cfg = short_dir / "c.yaml"
+    cfg = short_root / "c.yaml"
     cfg.write_text("dcgm_compat: true\nbogus: 1\n")
     bad = run("--config", str(cfg))
     assert bad.returncode == 2 and "unknown setting(s)" in bad.stderr and "bogus" in bad.stderr

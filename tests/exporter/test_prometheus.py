@@ -48,7 +48,7 @@ def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
 
 
 @pytest.fixture
-def stack(manual_xpud: XpudProcess, kubelet: FakeKubelet, short_dir: Path) -> Iterator[Any]:
+def stack(manual_xpud: XpudProcess, kubelet: FakeKubelet, short_root: Path) -> Iterator[Any]:
     """A live exporter (pods attributed, DCGM names on), one that cannot reach xpud or the
     kubelet, and a dead target, all in the exporter job of a real Prometheus."""
     with manual_xpud.client() as c:
@@ -64,16 +64,16 @@ def stack(manual_xpud: XpudProcess, kubelet: FakeKubelet, short_dir: Path) -> It
         "--attribution-interval", "0.5",
     )  # fmt: skip
     broken_args = (
-        "--xpud-socket", str(short_dir / "none.sock"),
-        "--kubelet-socket", str(short_dir / "none-kubelet.sock"), "--hostname", "node-b",
+        "--xpud-socket", str(short_root / "none.sock"),
+        "--kubelet-socket", str(short_root / "none-kubelet.sock"), "--hostname", "node-b",
     )  # fmt: skip
     with (
-        running_exporter(*live_args, log=short_dir / "live.log") as live,
-        running_exporter(*broken_args, log=short_dir / "broken.log", wait_ready=False) as broken,
+        running_exporter(*live_args, log=short_root / "live.log") as live,
+        running_exporter(*broken_args, log=short_root / "broken.log", wait_ready=False) as broken,
     ):
         targets = [f"127.0.0.1:{live.port}", f"127.0.0.1:{broken.port}", f"127.0.0.1:{free_port()}"]
         prom = Prometheus(
-            short_dir / "prometheus",
+            short_root / "prometheus",
             [{"job_name": "openxpu-exporter", "static_configs": [{"targets": targets}]}],
             # Shipped rules with `for` cut to 0s: the conditions are what this test reaches.
             alerts.rule_groups(for_override="0s"),
