@@ -50,6 +50,25 @@ def test_kubectl_run_busybox_from_local_store(lab_cluster: LabCluster) -> None:
         lab_cluster.kubectl("delete", "pod", name, "--wait=false", check=False)
 
 
+def test_cluster_dns_resolves_services(lab_cluster: LabCluster) -> None:
+    name = _name("dns")
+    lab_cluster.kubectl(
+        "run",
+        name,
+        f"--image={lab_cluster.images['busybox']}",
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--",
+        "nslookup",
+        "kubernetes.default.svc.cluster.local",
+    )
+    try:
+        assert lab_cluster.wait_pod_phase(name, {"Succeeded", "Failed"}) == "Succeeded"
+        assert "10.96.0.1" in lab_cluster.kubectl("logs", name).stdout
+    finally:
+        lab_cluster.kubectl("delete", "pod", name, "--wait=false", check=False)
+
+
 def test_long_running_pod_reaches_running(lab_cluster: LabCluster) -> None:
     name = _name("sleeper")
     lab_cluster.kubectl(

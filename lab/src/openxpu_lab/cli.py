@@ -103,7 +103,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     p = Progress(quiet=args.quiet)
     k8s = gobuild.kubernetes_tool()
     spent = sum(gobuild.ensure(k8s, p, only=versions.KUBERNETES_COMPONENTS).values())
-    tools = [k8s, gobuild.containerd_tool()]
+    tools = [k8s, gobuild.containerd_tool(), gobuild.coredns_tool()]
     if args.helm:
         tools.append(gobuild.helm_tool())
     if args.kwok:

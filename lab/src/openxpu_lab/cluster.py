@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 from openxpu_lab import (
     cleanup,
     controlplane,
+    dns,
     gobuild,
     health,
     hostdeps,
@@ -39,6 +40,7 @@ COMPONENTS = (
     "kube-scheduler",
     "kubelet",
     "kube-proxy",
+    "coredns",
     "kwok",
 )
 # kwok runs only when KWOK nodes were asked for.
@@ -142,6 +144,7 @@ class Lab:
             ).values()
         )
         built += sum(gobuild.ensure(gobuild.containerd_tool(), p).values())
+        built += sum(gobuild.ensure(gobuild.coredns_tool(), p).values())
         gobuild.kubectl_path(p)
         t_run = time.monotonic()
         self.lay.ensure()
@@ -184,6 +187,14 @@ class Lab:
                 "kube-scheduler",
                 "/healthz",
                 lambda: _insecure_ok("https://127.0.0.1:10259/healthz"),
+            )
+        with p.step("cluster DNS (CoreDNS on the host, Service kube-dns)"):
+            dns.ensure_service(s)
+            self._start("coredns", dns.coredns_argv(s))
+            self._wait(
+                "coredns",
+                "/ready",
+                lambda: health.http_ok(f"http://127.0.0.1:{dns.READY_PORT}/ready"),
             )
         with p.step("kubelet, kube-proxy"):
             kubelet_started = time.time()
@@ -307,6 +318,7 @@ class Lab:
             netns = self._sandbox_netns()
             self._kill_tasks()
         for name in (
+            "coredns",
             "kube-scheduler",
             "kube-controller-manager",
             "kube-apiserver",

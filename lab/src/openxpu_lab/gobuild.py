@@ -116,6 +116,18 @@ def helm_tool() -> GoTool:
     )
 
 
+def coredns_tool() -> GoTool:
+    v = versions.COREDNS
+    return GoTool(
+        name="coredns",
+        module="github.com/coredns/coredns",
+        version=v,
+        go_directive="1.26.0",
+        commands={"coredns": "github.com/coredns/coredns"},
+        bin_dir=paths.coredns_bin_dir(),
+    )
+
+
 def kwok_tool() -> GoTool:
     v = versions.KWOK
     return GoTool(
@@ -205,7 +217,7 @@ def _record_times(tool: GoTool, spent: dict[str, float]) -> None:
 def recorded_build_seconds() -> float:
     """Cold build time of what `up` needs (Kubernetes, containerd), as recorded."""
     total = 0.0
-    for tool in (kubernetes_tool(), containerd_tool()):
+    for tool in (kubernetes_tool(), containerd_tool(), coredns_tool()):
         f = tool.bin_dir.parent / "build-times.json"
         if f.exists():
             total += sum(json.loads(f.read_text()).values())

@@ -10,6 +10,7 @@ from openxpu_lab.controlplane import Credentials
 from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import (
     BRIDGE,
+    CLUSTER_DNS_IP,
     CLUSTER_DOMAIN,
     CNI_NETWORK,
     NODE_IP,
@@ -109,6 +110,7 @@ def kubelet_config(s: LabSettings, c: Credentials) -> str:
         "cgroupDriver": "cgroupfs",
         "containerRuntimeEndpoint": f"unix://{s.layout.containerd_socket}",
         "clusterDomain": CLUSTER_DOMAIN,
+        "clusterDNS": [CLUSTER_DNS_IP],
         "failSwapOn": False,
         "resolvConf": "/etc/resolv.conf",
         # A dev machine's disk is often fuller than a server's: do not evict for it.

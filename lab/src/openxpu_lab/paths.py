@@ -36,6 +36,10 @@ def helm_bin_dir() -> Path:
     return cache_root() / "helm" / versions.HELM / "bin"
 
 
+def coredns_bin_dir() -> Path:
+    return cache_root() / "coredns" / versions.COREDNS / "bin"
+
+
 def kwok_bin_dir() -> Path:
     return cache_root() / "kwok" / versions.KWOK / "bin"
 

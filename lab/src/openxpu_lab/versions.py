@@ -25,6 +25,8 @@ KUBECTL = "kubectl"
 CONTAINERD: Final = "v1.7.35"
 CONTAINERD_COMMANDS: Final = ("containerd", "containerd-shim-runc-v2", "ctr")
 HELM: Final = "v3.22.0"
+# Cluster DNS, run as a host process (no image to pull): service names resolve in pods.
+COREDNS: Final = "v1.15.0"
 # Simulated nodes for scale tests; v0.7 is built against k8s.io/* v0.33, like the lab.
 KWOK: Final = "v0.7.0"
 DEBIAN_SUITE: Final = "bookworm"

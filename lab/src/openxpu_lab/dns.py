@@ -1,0 +1,106 @@
+"""Cluster DNS: CoreDNS as a host process on the node address, behind the usual kube-dns
+Service (10.96.0.10), so pods resolve `<service>.<namespace>.svc.cluster.local` as on any
+cluster. It runs on the host because the lab pulls no images."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+from openxpu_lab import gobuild
+from openxpu_lab.paths import write_if_changed
+from openxpu_lab.settings import CLUSTER_DNS_IP, CLUSTER_DOMAIN, NODE_IP, LabSettings
+from openxpu_lab.shell import LabError
+
+HEALTH_PORT = 10253
+READY_PORT = 10252
+
+
+def corefile(s: LabSettings) -> str:
+    kubeconfig = s.layout.config / "admin.kubeconfig"
+    return f""".:53 {{
+    bind {NODE_IP}
+    errors
+    health 127.0.0.1:{HEALTH_PORT}
+    ready 127.0.0.1:{READY_PORT}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+}}
+"""
+
+
+def coredns_argv(s: LabSettings) -> list[str]:
+    path = s.layout.config / "Corefile"
+    write_if_changed(path, corefile(s))
+    return [str(gobuild.coredns_tool().bin_dir / "coredns"), "-conf", str(path)]
+
+
+def _api(s: LabSettings, method: str, path: str, body: Any = None) -> int:
+    pki = s.layout.pki
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    req = urllib.request.Request(
+        f"{s.server_url}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def ensure_service(s: LabSettings) -> None:
+    """kube-system/kube-dns without a selector, its endpoint being the host process."""
+    labels = {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}
+    ports = [
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+    ]
+    svc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+        "spec": {"clusterIP": CLUSTER_DNS_IP, "ports": ports},
+    }
+    slice_: dict[str, Any] = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kube-dns-openxpu-lab",
+            "namespace": "kube-system",
+            "labels": {
+                "kubernetes.io/service-name": "kube-dns",
+                "endpointslice.kubernetes.io/managed-by": "openxpu-lab",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+        "ports": ports,
+    }
+    objects: list[tuple[str, str, dict[str, Any]]] = [
+        ("/api/v1/namespaces/kube-system/services", "kube-dns", svc),
+        (
+            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
+            "kube-dns-openxpu-lab",
+            slice_,
+        ),
+    ]
+    for path, name, obj in objects:
+        # Look first: re-creating the Service fails on its taken IP (422), not with 409.
+        if _api(s, "GET", f"{path}/{name}") == 200:
+            continue
+        code = _api(s, "POST", path, obj)
+        if code not in (200, 201, 409):
+            raise LabError(f"creating {obj['kind']} kube-dns for cluster DNS: HTTP {code}")
