@@ -150,7 +150,7 @@ class Lab:
         self.lay.ensure()
         creds = controlplane.ensure_credentials(self.s)
         node.write_node_configs(self.s, creds)
-        network.setup()
+        network.setup(self.lay.root)
         s, lay = self.s, self.lay
 
         with p.step("etcd"):
@@ -342,7 +342,7 @@ class Lab:
         n = cleanup.remove_kubepods_cgroups()
         if n:
             report.append(f"removed {n} pod cgroups")
-        report += [f"removed {x}" for x in network.teardown()]
+        report += [f"removed {x}" for x in network.teardown(lay.root)]
         # Runtime state only: certificates, etcd data and imported images stay for a warm start.
         for d in (lay.containerd_state, lay.cni_ipam_dir):
             shutil.rmtree(d, ignore_errors=True)

@@ -1,10 +1,11 @@
-"""Host networking the lab owns: its bridge, sysctls, one FORWARD guard rule.
+"""Host networking the lab owns: its bridges, two sysctls, its guard rules.
 
 Everything here is tagged or named so `down` removes exactly what `up` made.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -29,27 +30,72 @@ _GUARD = [
 ]
 
 
-def _sysctl(key: str, value: str) -> None:
-    p = Path("/proc/sys") / key.replace(".", "/")
-    if p.exists() and p.read_text().strip() != value:
-        p.write_text(value)
+# Only the host's own interfaces may not reach the lab's addresses: the lab node address
+# and the API server port answer to this host (lo) and the pods (oxlab0) alone. Linux
+# would otherwise accept packets for 10.87.0.1 arriving on any NIC.
+_INPUT_CHAIN = "OXLAB-INPUT"
+_INPUT_JUMP = ["INPUT", "-m", "comment", "--comment", _COMMENT, "-j", _INPUT_CHAIN]
+_INPUT_RULES = [
+    ["-i", "lo", "-j", "RETURN"],
+    ["-i", BRIDGE, "-j", "RETURN"],
+    ["-d", f"{NODE_IP}/32", "-j", "DROP"],
+    ["-p", "tcp", "--dport", "6443", "-j", "DROP"],
+]
+_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
+
+
+def _sysctl_path(key: str) -> Path:
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def _set_sysctls(saved: Path) -> None:
+    """Set what the lab needs, remembering the host's values once so `down` restores them."""
+    before: dict[str, str] = json.loads(saved.read_text()) if saved.exists() else {}
+    for key, value in _SYSCTLS.items():
+        p = _sysctl_path(key)
+        if not p.exists():
+            continue
+        current = p.read_text().strip()
+        if current != value:
+            before.setdefault(key, current)
+            p.write_text(value)
+    saved.write_text(json.dumps(before))
+
+
+def _restore_sysctls(saved: Path) -> list[str]:
+    if not saved.exists():
+        return []
+    done = []
+    for key, value in json.loads(saved.read_text()).items():
+        p = _sysctl_path(key)
+        if p.exists():
+            p.write_text(value)
+            done.append(f"sysctl {key}={value} restored")
+    saved.unlink()
+    return done
 
 
 def link_exists(name: str) -> bool:
     return Path(f"/sys/class/net/{name}").exists()
 
 
-def setup() -> None:
+def setup(state_root: Path) -> None:
     if not link_exists(HOST_LINK):
         run(["ip", "link", "add", HOST_LINK, "type", "bridge"])
     if NODE_IP not in run(["ip", "-4", "-o", "addr", "show", "dev", HOST_LINK]).stdout:
         run(["ip", "addr", "add", f"{NODE_IP}/32", "dev", HOST_LINK])
     run(["ip", "link", "set", HOST_LINK, "up"])
-    _sysctl("net.ipv4.ip_forward", "1")
-    # Service traffic between pods on the same bridge must pass kube-proxy's iptables rules.
-    _sysctl("net.bridge.bridge-nf-call-iptables", "1")
+    # Forwarding for pod traffic; bridged pod-to-pod service traffic must pass kube-proxy's
+    # iptables rules.
+    _set_sysctls(state_root / "host-sysctls.json")
     if not ok(["iptables", "-C", *_GUARD]):
         run(["iptables", "-I", *_GUARD])
+    if not ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
+        run(["iptables", "-N", _INPUT_CHAIN])
+        for rule in _INPUT_RULES:
+            run(["iptables", "-A", _INPUT_CHAIN, *rule])
+    if not ok(["iptables", "-C", *_INPUT_JUMP]):
+        run(["iptables", "-I", *_INPUT_JUMP])
 
 
 _TOOLS = ("iptables", "ip6tables")  # kube-proxy and the kubelet program both families
@@ -86,11 +132,17 @@ def _remove_chains(tool: str, table: str) -> int:
     return len(chains)
 
 
-def teardown() -> list[str]:
+def teardown(state_root: Path) -> list[str]:
     """Undo setup plus the chains kube-proxy, the kubelet and CNI made. Returns what it did."""
     done: list[str] = []
     while ok(["iptables", "-D", *_GUARD]):
         done.append("iptables guard rule")
+    while ok(["iptables", "-D", *_INPUT_JUMP]):
+        done.append("iptables INPUT guard")
+    if ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
+        run(["iptables", "-F", _INPUT_CHAIN], check=False)
+        run(["iptables", "-X", _INPUT_CHAIN], check=False)
+        done.append(f"iptables chain {_INPUT_CHAIN}")
     for tool in _TOOLS:
         for table in ("filter", "nat", "mangle"):
             n = _remove_chains(tool, table)
@@ -100,6 +152,7 @@ def teardown() -> list[str]:
         if link_exists(link):
             run(["ip", "link", "del", link], check=False)
             done.append(f"link {link}")
+    done += _restore_sysctls(state_root / "host-sysctls.json")
     return done
 
 
@@ -121,4 +174,6 @@ def lab_iptables() -> list[str]:
     ]
     if ok(["iptables", "-C", *_GUARD]):
         found.append("filter FORWARD guard rule")
+    if ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
+        found.append(f"filter chain {_INPUT_CHAIN}")
     return found
