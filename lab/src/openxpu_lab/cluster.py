@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -314,6 +315,17 @@ class Lab:
         for name in ("kwok", "kubelet", "kube-proxy"):
             if procs.stop(name, lay.pids):
                 report.append(f"stopped {name}")
+        if procs.alive("containerd", lay.pids) is None and lay.containerd_state.exists():
+            # Left by a crash: containers may still run under their shims. Start containerd
+            # again (briefly) so it can name their network namespaces and stop them.
+            self._start("containerd", node.containerd_argv(self.s), node.containerd_env())
+            with contextlib.suppress(LabError):
+                self._wait(
+                    "containerd",
+                    "its socket",
+                    lambda: run(node.ctr(self.s, "version"), check=False).returncode == 0,
+                    timeout=30,
+                )
         if procs.alive("containerd", lay.pids) is not None:
             netns = self._sandbox_netns()
             self._kill_tasks()
