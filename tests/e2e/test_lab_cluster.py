@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 
@@ -157,4 +159,30 @@ def test_down_leaves_nothing_and_up_is_warm(lab_cluster: LabCluster) -> None:
     print(f"\nwarm up: {warm:.1f}s total, {res.ready_seconds:.1f}s to node Ready")
     assert res.built_seconds == 0
     assert warm < 60
+    lab_cluster.kubectl("delete", "pod", name, "--grace-period=0", "--force", check=False)
+
+
+def test_down_after_a_crash_leaves_nothing(lab_cluster: LabCluster) -> None:
+    """Every lab process SIGKILLed (a crash), containers still running under their shims:
+    `down` still stops them and removes everything; `up` then brings the node back."""
+    name = _name("orphan")
+    lab_cluster.kubectl(
+        "run",
+        name,
+        f"--image={lab_cluster.images['busybox']}",
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "600",
+    )
+    lab_cluster.wait_pod_phase(name, {"Running"})
+    lab = lab_cluster.lab
+    for pid in lab.status()["components"].values():
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+    lab.down()
+    assert lab.leftovers() == []
+    lab.up(openxpu_image=False)
+    assert lab.node_ready()
     lab_cluster.kubectl("delete", "pod", name, "--grace-period=0", "--force", check=False)
