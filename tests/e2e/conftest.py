@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,25 @@ class LabCluster:
     def kubectl_json(self, *args: str) -> dict[str, object]:
         out: dict[str, object] = json.loads(self.kubectl(*args, "-o", "json").stdout)
         return out
+
+    @contextmanager
+    def pod(self, prefix: str, image: str, *command: str) -> Iterator[str]:
+        """`kubectl run` a one-container pod (restartPolicy Never) from a local image
+        ("busybox", "openxpu", or a full name); deleted on exit. Yields its name."""
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.kubectl(
+            "run",
+            name,
+            f"--image={self.images.get(image, image)}",
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            *command,
+        )
+        try:
+            yield name
+        finally:
+            self.kubectl("delete", "pod", name, "--grace-period=1", "--wait=false", check=False)
 
     def restart_kubelet(self) -> None:
         """Stop the kubelet by pid and start it again; returns when the node is Ready."""

@@ -4,13 +4,9 @@ cluster. It runs on the host because the lab pulls no images."""
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.error
-import urllib.request
 from typing import Any
 
-from openxpu_lab import gobuild
+from openxpu_lab import gobuild, health
 from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import CLUSTER_DNS_IP, CLUSTER_DOMAIN, NODE_IP, LabSettings
 from openxpu_lab.shell import LabError
@@ -45,20 +41,7 @@ def coredns_argv(s: LabSettings) -> list[str]:
 
 
 def _api(s: LabSettings, method: str, path: str, body: Any = None) -> int:
-    pki = s.layout.pki
-    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    req = urllib.request.Request(
-        f"{s.server_url}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return health.api_request(s.server_url, s.layout.pki, method, path, body)
 
 
 def ensure_service(s: LabSettings) -> None:

@@ -26,6 +26,22 @@ def get_json(url: str, ca: Path, cert: Path, key: Path, timeout: float = 5) -> A
         return json.loads(r.read())
 
 
+def api_request(server: str, pki: Path, method: str, path: str, body: Any = None) -> int:
+    """One request to the API server as the lab's admin; returns the HTTP status."""
+    ctx = _ssl_context(pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+    req = urllib.request.Request(
+        f"{server}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def http_ok(
     url: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None
 ) -> bool:

@@ -7,14 +7,9 @@ tainted so that only pods that opt in (tolerate the taint) land there.
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.error
-import urllib.request
 from typing import Any
 
 from openxpu_lab import gobuild, health, procs
-from openxpu_lab.paths import StateLayout
 from openxpu_lab.progress import Progress
 from openxpu_lab.settings import LabSettings
 from openxpu_lab.shell import LabError
@@ -60,21 +55,7 @@ def node_manifest(name: str) -> dict[str, Any]:
 
 
 def _request(s: LabSettings, method: str, path: str, body: Any = None) -> int:
-    lay: StateLayout = s.layout
-    ctx = ssl.create_default_context(cafile=str(lay.pki / "ca.crt"))
-    ctx.load_cert_chain(str(lay.pki / "admin.crt"), str(lay.pki / "admin.key"))
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        f"{s.server_url}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return health.api_request(s.server_url, s.layout.pki, method, path, body)
 
 
 def ensure_kwok_controller(s: LabSettings, progress: Progress) -> None:
