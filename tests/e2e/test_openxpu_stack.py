@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,10 +38,10 @@ def allocatable(lab: LabCluster) -> int:
     return int(status.get("allocatable", {}).get(RESOURCE, "0"))
 
 
-def wait_for(what: str, check: object, timeout: float = 120) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
@@ -104,8 +104,9 @@ def stack(lab_cluster: LabCluster) -> Iterator[LabCluster]:
 
 
 def test_feature_discovery_labels_the_node(stack: LabCluster) -> None:
-    labels = stack.kubectl_json("get", "node", stack.node_name)["metadata"]["labels"]
-    assert isinstance(labels, dict)
+    metadata = stack.kubectl_json("get", "node", stack.node_name)["metadata"]
+    assert isinstance(metadata, dict)
+    labels = metadata["labels"]
     assert labels["openxpu.io/xpu.count"] == str(PROFILE_COUNT)
     assert labels["openxpu.io/xpu.product"] == "OpenXPU-X1-64GB"
     assert labels["openxpu.io/xpu.memory"] == "65536"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from openxpu_runtime import api
+from openxpu_runtime.driver import Driver
 from openxpu_runtime.errors import InvalidArgument, NotFound, OutOfMemory
 from openxpu_runtime.samples.vectoradd import mismatches, vector_add
 from openxpu_runtime.testing import XpudProcess
@@ -216,3 +217,13 @@ def test_driver_install_upgrade_uninstall_keeps_device_state(short_root: Path) -
     assert driver("status").returncode == 1
     bad = driver("install", "--version", "2.0.0", "--profile", "nope")
     assert bad.returncode == 2 and "no built-in profile 'nope'" in bad.stderr
+
+
+@pytest.mark.unit
+def test_a_stale_pid_file_never_names_another_process(short_root: Path) -> None:
+    driver = Driver(short_root)
+    driver.pidfile.parent.mkdir(parents=True)
+    # Left by xpud as pid 1 of a driver container; in the next one, 1 is someone else.
+    for stale in ("1", str(os.getpid()), "999999999", "garbage"):
+        driver.pidfile.write_text(stale)
+        assert driver.running_pid() is None, stale

@@ -28,6 +28,7 @@ from openxpu_runtime.errors import Unreachable
 from openxpu_runtime.paths import HostPaths
 from openxpu_runtime.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 
+XPUD_MODULE = "openxpu_runtime.daemon.main"
 STOP_TIMEOUT_SECONDS = 15.0
 START_TIMEOUT_SECONDS = 20.0
 SMI_SHIM = """#!/bin/sh
@@ -71,10 +72,16 @@ class Driver:
         return data
 
     def running_pid(self) -> int | None:
+        """The xpud the pid file names, if that process is still an xpud of ours.
+
+        A pid file left by a driver container is stale in the next container: pid
+        namespaces differ, and "1" would name the new container's own first process."""
         try:
             pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ValueError):
+            return None
+        if pid == os.getpid() or XPUD_MODULE.encode() not in cmdline:
             return None
         return pid
 
@@ -129,7 +136,7 @@ class Driver:
         cmd = [
             sys.executable,
             "-m",
-            "openxpu_runtime.daemon.main",
+            XPUD_MODULE,
             "--root",
             str(self.paths.root),
             "--driver-version",
