@@ -76,7 +76,6 @@ def test_event_fanout_to_ten_subscribers(short_root: Path) -> None:
     subscribers = 10
     received = [0] * subscribers
     ready = threading.Barrier(subscribers + 1)
-    done = threading.Event()
 
     def follow(i: int) -> None:
         with proc.client() as c:
@@ -99,7 +98,6 @@ def test_event_fanout_to_ten_subscribers(short_root: Path) -> None:
     for t in threads:
         t.join(timeout=60)
     elapsed = time.perf_counter() - start
-    done.set()
     proc.stop()
     assert received == [faults] * subscribers
     report(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import AsyncIterator, Iterable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from openxpu_runtime import api
 from openxpu_runtime.errors import BY_CODE, InvalidArgument, Unreachable, XpuError
-from openxpu_runtime.paths import default_socket
+from openxpu_runtime.paths import default_socket, probe_socket
 
 M = TypeVar("M", bound=BaseModel)
 # The socket is local: anything slower than this is a hung daemon, not a slow network.
@@ -51,12 +51,10 @@ class _ProbingBackend(httpcore.SyncBackend):
         timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(timeout)
-            try:
-                probe.connect(path)
-            except OSError as exc:
-                raise httpcore.ConnectError(str(exc)) from exc
+        try:
+            probe_socket(path, timeout)
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
         return super().connect_unix_socket(path, timeout, socket_options)
 
 
@@ -126,7 +124,7 @@ class XpudClient:
     def _get(self, path: str, model: type[M]) -> M:
         return model.model_validate(self._call("GET", path).json())
 
-    def _post(self, path: str, body: BaseModel, model: type[M]) -> M:
+    def _post(self, path: str, body: BaseModel | None, model: type[M]) -> M:
         return model.model_validate(self._call("POST", path, body).json())
 
     # -- readings -------------------------------------------------------------------------
@@ -164,7 +162,7 @@ class XpudClient:
         return self._post("/v1/contexts", req, api.Context)
 
     def heartbeat(self, context_id: str) -> api.Context:
-        return model_from(self._call("POST", f"/v1/contexts/{context_id}/heartbeat"), api.Context)
+        return self._post(f"/v1/contexts/{context_id}/heartbeat", None, api.Context)
 
     def close_context(self, context_id: str) -> None:
         self._call("DELETE", f"/v1/contexts/{context_id}")
@@ -193,9 +191,8 @@ class XpudClient:
 
     def clear_faults(self, device: str, code: int | None = None) -> api.FaultsCleared:
         params = {"code": code} if code is not None else None
-        return model_from(
-            self._call("DELETE", f"/v1/faults/{device}", params=params), api.FaultsCleared
-        )
+        response = self._call("DELETE", f"/v1/faults/{device}", params=params)
+        return api.FaultsCleared.model_validate(response.json())
 
     def advance_clock(self, seconds: float) -> float:
         return self._post(
@@ -203,8 +200,22 @@ class XpudClient:
         ).now
 
 
-def model_from(response: httpx.Response, model: type[M]) -> M:
-    return model.model_validate(response.json())
+def wait_until_answering(socket: Path, exit_code: Callable[[], int | None], timeout: float) -> None:
+    """Block until a just-started xpud answers on `socket`; Unreachable if its process
+    exits first (`exit_code` returns non-None) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    with XpudClient(socket) as client:
+        while True:
+            code = exit_code()
+            if code is not None:
+                raise Unreachable(f"xpud exited with {code} before answering on {socket}")
+            try:
+                client.version()
+                return
+            except Unreachable:
+                if time.monotonic() > deadline:
+                    raise Unreachable(f"xpud did not answer on {socket} in {timeout}s") from None
+                time.sleep(0.05)
 
 
 class AsyncXpudClient:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import openxpu_runtime
-from openxpu_runtime.client import XpudClient
+from openxpu_runtime.client import wait_until_answering
 from openxpu_runtime.daemon import devnodes
 from openxpu_runtime.errors import Unreachable
 from openxpu_runtime.paths import HostPaths
@@ -94,11 +94,9 @@ class Driver:
         os.kill(pid, signal.SIGTERM)  # xpud saves its state on the way out
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            try:
-                reaped, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                reaped = 0
-            if reaped == pid or not _alive(pid):
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+                os.waitpid(pid, os.WNOHANG)
+            if self.running_pid() != pid:  # gone, or a zombie (its cmdline is empty)
                 break
             time.sleep(0.05)
         else:
@@ -150,20 +148,6 @@ class Driver:
             cmd += ["--count", str(count)]
         return cmd + extra
 
-    def wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        with XpudClient(self.paths.socket) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise DriverError(f"xpud exited with {proc.returncode}; see {self.logfile}")
-                try:
-                    client.version()
-                    return
-                except Unreachable:
-                    if time.monotonic() > deadline:
-                        raise DriverError(f"xpud did not answer; see {self.logfile}") from None
-                    time.sleep(0.1)
-
     # -- verbs ----------------------------------------------------------------------------
 
     def install(
@@ -211,7 +195,10 @@ class Driver:
             )
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(proc.pid))
-        self.wait_ready(proc)
+        try:
+            wait_until_answering(self.paths.socket, proc.poll, START_TIMEOUT_SECONDS)
+        except Unreachable as exc:
+            raise DriverError(f"{exc}; see {self.logfile}") from None
         print(
             f"xpu-driver: {version} installed, {spec.count} x {spec.product}, xpud pid {proc.pid}"
         )
@@ -235,17 +222,6 @@ class Driver:
         pid = self.running_pid()
         print(json.dumps({"installed": record, "xpud_pid": pid}, indent=2))
         return 0 if record and pid else 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        # A zombie is dead for our purposes.
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

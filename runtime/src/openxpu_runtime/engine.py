@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from openxpu_runtime import __version__, api
 from openxpu_runtime.clock import Clock
@@ -143,11 +144,17 @@ class Engine:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def _emit(self, dev: Device, type_: str, previous: Health | None, code: int | None) -> None:
+    def _emit(
+        self,
+        dev: Device,
+        type_: Literal["health", "fault"],
+        previous: Health | None,
+        code: int | None,
+    ) -> None:
         event = api.Event(
             seq=next(self._seq),
             time=self.clock.now(),
-            type=type_,  # type: ignore[arg-type]
+            type=type_,
             device_index=dev.index,
             device_uuid=dev.uuid,
             health=dev.health.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,6 @@ class HostPaths:
         return self.run_dir / "xpud.sock"
 
     @property
-    def validations_dir(self) -> Path:
-        return self.run_dir / "validations"
-
-    @property
     def state_dir(self) -> Path:
         return self.root / "var/lib/openxpu"
 
@@ -39,12 +36,15 @@ class HostPaths:
         return self.root / "dev"
 
     @property
-    def cdi_spec(self) -> Path:
-        return self.root / "var/run/cdi/openxpu.io-xpu.yaml"
-
-    @property
     def driver_dir(self) -> Path:
         return self.root / "opt/openxpu/driver"
+
+
+def probe_socket(path: Path | str, timeout: float | None = None) -> None:
+    """Connect to a unix socket and hang up; OSError if nothing accepts there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        probe.connect(str(path))
 
 
 def default_socket() -> Path:

@@ -214,10 +214,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     procs.add_argument("--json", action="store_true")
     sub.add_parser("events", help="follow the health-event stream (JSON lines)")
     args = p.parse_args(argv)
-    if args.command == "inject-fault":
-        args.id = args.id if isinstance(args.id, str) else args.id[0]
-        if args.recover_after is not None:
-            args.sticky = False
+    if args.command == "inject-fault" and args.recover_after is not None:
+        args.sticky = False
     return args
 
 

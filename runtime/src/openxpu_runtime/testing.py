@@ -6,12 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from openxpu_runtime.client import XpudClient
+from openxpu_runtime.client import XpudClient, wait_until_answering
 from openxpu_runtime.errors import Unreachable
 from openxpu_runtime.paths import HostPaths
 
@@ -47,18 +44,11 @@ class XpudProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        with self.client() as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"xpud exited {self.proc.returncode}: {self.log_tail()}")
-                try:
-                    c.version()
-                    return self
-                except Unreachable:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"xpud did not answer: {self.log_tail()}") from None
-                    time.sleep(0.05)
+        try:
+            wait_until_answering(self.socket, self.proc.poll, timeout)
+        except Unreachable as exc:
+            raise RuntimeError(f"{exc}: {self.log_tail()}") from None
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc is None:
@@ -80,12 +70,3 @@ class XpudProcess:
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-@contextmanager
-def running_xpud(root: Path, *args: str, node: str = "node-a") -> Iterator[XpudProcess]:
-    proc = XpudProcess(root, *args, node=node).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()

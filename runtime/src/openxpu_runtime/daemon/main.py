@@ -21,7 +21,7 @@ from openxpu_runtime.clock import Clock, ManualClock, SystemClock
 from openxpu_runtime.daemon import devnodes
 from openxpu_runtime.daemon.app import create_app
 from openxpu_runtime.engine import Engine
-from openxpu_runtime.paths import HostPaths
+from openxpu_runtime.paths import HostPaths, probe_socket
 from openxpu_runtime.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 from openxpu_runtime.state import CorruptStateError, StateStore
 
@@ -100,12 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def socket_in_use(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-        return True
+    try:
+        probe_socket(path)
+    except OSError:
+        return False
+    return True
 
 
 async def tick_loop(engine: Engine, interval: float) -> None:
