@@ -9,6 +9,7 @@ by re-registration, and the exporter attributes a device to the pod holding it.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from e2e.conftest import LabCluster
+from openxpu_device_plugin.kubeletapi import pb
 
 pytestmark = pytest.mark.e2e
 
@@ -198,3 +200,58 @@ def test_kubelet_restart_is_followed_by_re_registration(stack: LabCluster) -> No
     )
     stack.kubectl("delete", "pod", "xpu-env", "--ignore-not-found", "--wait")
     test_a_pod_gets_the_device_it_requested(stack)
+
+
+CDI_SPEC = Path("/var/run/cdi/openxpu.io-xpu.yaml")
+KUBELET_CHECKPOINT = Path("/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint")
+
+
+def allocate_response(pod_uid: str) -> pb.ContainerAllocateResponse:
+    """What our plugin's Allocate answered for a pod, as the kubelet recorded it."""
+    entries = json.loads(KUBELET_CHECKPOINT.read_text())["Data"]["PodDeviceEntries"]
+    (entry,) = [e for e in entries if e["PodUID"] == pod_uid and e["ResourceName"] == RESOURCE]
+    return pb.ContainerAllocateResponse.FromString(base64.b64decode(entry["AllocResp"]))
+
+
+def test_cdi_strategy_hands_the_device_through_containerd(stack: LabCluster) -> None:
+    """With `deviceListStrategy: cdi` Allocate returns only CDI names: the device node, the
+    xpud socket mount and its env reach the container only if containerd applies the spec."""
+    CDI_SPEC.unlink(missing_ok=True)
+    ds = "ds/openxpu-device-plugin"
+    stack.kubectl("-n", "openxpu", "set", "env", ds, "DEVICE_LIST_STRATEGY=cdi")
+    stack.kubectl("-n", "openxpu", "rollout", "status", ds, "--timeout=120s", timeout=140)
+
+    def registered() -> bool:
+        logs = stack.kubectl("-n", "openxpu", "logs", ds, check=False).stdout
+        return "registered openxpu.io/xpu" in logs
+
+    wait_for("the CDI-mode plugin to register", registered, timeout=60)
+    assert CDI_SPEC.is_file(), "the plugin writes the CDI spec on the host"
+    script = (
+        "import glob, os, stat; from openxpu_runtime.xpu import XpuSession; "
+        "nodes = sorted(glob.glob('/dev/xpu[0-9]*')); "
+        "assert all(stat.S_ISCHR(os.stat(n).st_mode) for n in nodes), nodes; "
+        "s = XpuSession(); "
+        "print(os.environ['XPU_VISIBLE_DEVICES'], os.environ['XPUD_SOCKET'], "
+        "[d.uuid for d in s.devices], s.devices[0].index, ','.join(nodes)); s.close()"
+    )
+    stack.kubectl("delete", "pod", "xpu-cdi", "--ignore-not-found", "--wait")
+    try:
+        stack.kubectl(
+            "apply", "-f", "-", input_text=pod_manifest("xpu-cdi", 1, ["python3", "-c", script])
+        )
+        stack.wait_pod_phase("xpu-cdi", {"Succeeded"}, timeout=120)
+        visible, socket, seen, index, nodes = stack.kubectl("logs", "xpu-cdi").stdout.split()
+        # The kubelet got CDI names only: nothing else could have given the container these.
+        uid = stack.kubectl("get", "pod", "xpu-cdi", "-o", "jsonpath={.metadata.uid}").stdout
+        answer = allocate_response(uid)
+        assert [d.name for d in answer.cdi_devices] == [f"openxpu.io/xpu={visible}"]
+        assert not answer.devices and not answer.mounts
+        assert f"name: {visible}" in CDI_SPEC.read_text()
+        assert seen == f"['{visible}']"
+        assert socket == "/run/openxpu/xpud.sock"
+        assert nodes == f"/dev/xpu{index}", "exactly the allocated device node, from the spec"
+    finally:
+        stack.kubectl("delete", "pod", "xpu-cdi", "--ignore-not-found", check=False)
+        stack.kubectl("-n", "openxpu", "set", "env", ds, "DEVICE_LIST_STRATEGY-", check=False)
+        stack.kubectl("-n", "openxpu", "rollout", "status", ds, "--timeout=120s", check=False)
