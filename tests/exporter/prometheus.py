@@ -97,8 +97,9 @@ class Prometheus:
         assert body.get("status") == "success", f"{path} {params}: {body}"
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, evaluated now or at the Unix time `at`."""
+        data = self.api("query", query=expr, **({} if at is None else {"time": at}))
         result: list[dict[str, Any]] = data["result"]
         return result
 

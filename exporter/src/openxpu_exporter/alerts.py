@@ -14,6 +14,23 @@ DEVICE = "hostname, xpu, uuid"
 EXPORTER_JOB = ".*openxpu-exporter.*"
 
 
+def new_errors(window: str, selector: str = "") -> str:
+    """Errors per device and code within `window`, for the alert and the dashboard.
+
+    A code's first error creates its series at 1, which increase() cannot see (it needs two
+    samples), so a series that did not exist `window` ago counts in full. Both halves are
+    aggregated to the device before comparing: a pod starting or leaving renames the
+    device's series (its pod labels), and that must not look like new errors. `max`, not
+    `sum`: every pod sharing a device carries the device's whole count.
+    """
+    by = f"max by ({DEVICE}, code, name)"
+    series = f"openxpu_errors_total{{{selector}}}" if selector else "openxpu_errors_total"
+    return (
+        f"({by} (increase({series}[{window}])) > 0) or "
+        f"({by} ({series}) unless {by} ({series} offset {window}))"
+    )
+
+
 class Rule(TypedDict):
     alert: str
     expr: str
@@ -44,11 +61,7 @@ RULES: tuple[Rule, ...] = (
     },
     {
         "alert": "OpenXPUErrorsRising",
-        # The second half catches a code's first error: its series appears at 1, and
-        # increase() needs two samples, so a new series counts as a rise on its own.
-        "expr": f"sum by ({DEVICE}, code, name) (increase(openxpu_errors_total[10m])) > 0 or "
-        f"sum by ({DEVICE}, code, name) "
-        "(openxpu_errors_total unless openxpu_errors_total offset 10m) > 0",
+        "expr": new_errors("10m"),
         "for_": "0m",
         "severity": "warning",
         "summary": "XPU {{ $labels.xpu }} on {{ $labels.hostname }} reports error "

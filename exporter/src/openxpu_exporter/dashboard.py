@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from openxpu_exporter import alerts
+
 UID = "openxpu-overview"
 TITLE = "OpenXPU"
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -235,8 +237,7 @@ def build() -> dict[str, Any]:
         "Errors (per code, in the interval)",
         [
             q(
-                f"sum by (hostname, xpu, code, name) "
-                f"(increase(openxpu_errors_total{{{DEV}}}[$__rate_interval]))",
+                alerts.new_errors("$__rate_interval", DEV),
                 "{{hostname}} xpu{{xpu}} {{code}} {{name}}",
             )
         ],
