@@ -222,8 +222,23 @@ def test_cdi_strategy_hands_the_device_through_containerd(stack: LabCluster) -> 
     stack.kubectl("-n", "openxpu", "rollout", "status", ds, "--timeout=120s", timeout=140)
 
     def registered() -> bool:
-        logs = stack.kubectl("-n", "openxpu", "logs", ds, check=False).stdout
-        return "registered openxpu.io/xpu" in logs
+        # The new pod's own log: the old one may still be terminating, with the same line.
+        pods = stack.kubectl_json(
+            "-n", "openxpu", "get", "pod", "-l", "app.kubernetes.io/name=openxpu-device-plugin"
+        )["items"]
+        assert isinstance(pods, list)
+        cdi_pods = [
+            p["metadata"]["name"]
+            for p in pods
+            if "deletionTimestamp" not in p["metadata"]
+            and {"name": "DEVICE_LIST_STRATEGY", "value": "cdi"}
+            in p["spec"]["containers"][0].get("env", [])
+        ]
+        return (
+            len(cdi_pods) == 1
+            and "registered openxpu.io/xpu"
+            in stack.kubectl("-n", "openxpu", "logs", cdi_pods[0], check=False).stdout
+        )
 
     wait_for("the CDI-mode plugin to register", registered, timeout=60)
     assert CDI_SPEC.is_file(), "the plugin writes the CDI spec on the host"
