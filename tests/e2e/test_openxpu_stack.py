@@ -20,6 +20,7 @@ import pytest
 
 from e2e.conftest import LabCluster
 from openxpu_device_plugin.kubeletapi import pb
+from openxpu_device_plugin.resources import CDI_KIND
 
 pytestmark = pytest.mark.e2e
 
@@ -236,7 +237,7 @@ def test_cdi_strategy_hands_the_device_through_containerd(stack: LabCluster) -> 
         ]
         return (
             len(cdi_pods) == 1
-            and "registered openxpu.io/xpu"
+            and f"registered {RESOURCE}"
             in stack.kubectl("-n", "openxpu", "logs", cdi_pods[0], check=False).stdout
         )
 
@@ -260,7 +261,7 @@ def test_cdi_strategy_hands_the_device_through_containerd(stack: LabCluster) -> 
         # The kubelet got CDI names only: nothing else could have given the container these.
         uid = stack.kubectl("get", "pod", "xpu-cdi", "-o", "jsonpath={.metadata.uid}").stdout
         answer = allocate_response(uid)
-        assert [d.name for d in answer.cdi_devices] == [f"openxpu.io/xpu={visible}"]
+        assert [d.name for d in answer.cdi_devices] == [f"{CDI_KIND}={visible}"]
         assert not answer.devices and not answer.mounts
         assert f"name: {visible}" in CDI_SPEC.read_text()
         assert seen == f"['{visible}']"
