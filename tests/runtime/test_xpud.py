@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,7 +17,8 @@ from openxpu_runtime.errors import (
     NotFound,
     OutOfMemory,
 )
-from openxpu_runtime.testing import XpudProcess
+from openxpu_runtime.paths import HostPaths
+from openxpu_runtime.testing import XpudProcess, run_xpud
 
 pytestmark = pytest.mark.integration
 GIB = 1 << 30
@@ -194,22 +193,7 @@ def test_corrupt_state_file_stops_xpud_with_a_clear_error(short_root: Path) -> N
     proc.stop()
     state = proc.paths.state_file
     state.write_text('{"schema": 1, "devices": "oops"}')
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "openxpu_runtime.daemon.main",
-            "--root",
-            str(short_root),
-            "--device-nodes",
-            "file",
-            "--profile",
-            "x1-2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_xpud("--root", str(short_root), "--device-nodes", "file", "--profile", "x1-2")
     assert result.returncode == 2
     assert "is corrupt" in result.stderr and "--restore-backup" in result.stderr
     assert state.read_text() == '{"schema": 1, "devices": "oops"}'
@@ -222,18 +206,51 @@ def test_corrupt_state_file_stops_xpud_with_a_clear_error(short_root: Path) -> N
 
 
 def test_a_second_xpud_on_the_same_socket_is_refused(xpud: XpudProcess) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "openxpu_runtime.daemon.main",
-            "--root",
-            str(xpud.paths.root),
-            "--device-nodes",
-            "file",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    # Its own state directory, so the socket guard (not the state lock) is what refuses it.
+    other_state = xpud.paths.root / "other-state"
+    result = run_xpud(
+        "--root", str(xpud.paths.root), "--state-dir", str(other_state), "--device-nodes", "file"
     )
     assert result.returncode == 2 and "another xpud is serving" in result.stderr
+
+
+def test_a_corrupt_backup_is_refused_in_one_line(short_root: Path) -> None:
+    XpudProcess(short_root, "--profile", "x1-2").start().stop()
+    backup = HostPaths(short_root).state_dir / "state.json.bak"
+    for garbage in (b"{ truncated", b"\xff\xfe", b'{"schema": 1}'):
+        backup.write_bytes(garbage)
+        result = run_xpud("--root", str(short_root), "--device-nodes", "file", "--restore-backup")
+        assert result.returncode == 2, garbage
+        assert result.stderr.startswith(f"xpud: backup {backup} is corrupt ("), result.stderr
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--tick", "0"],
+        ["--tick", "nan"],
+        ["--log-level", "loud"],
+        ["--node", ""],
+        ["--count", "-1"],
+        ["--socket-mode", "999"],
+        ["--reset-state", "--restore-backup"],
+        ["--profile", "/etc/hostname"],
+        ["--bogus"],
+    ],
+)
+def test_a_bad_command_line_gets_one_line_and_exit_2(short_root: Path, argv: list[str]) -> None:
+    result = run_xpud("--root", str(short_root), "--device-nodes", "file", *argv)
+    assert result.returncode == 2
+    assert result.stderr.startswith("xpud: ") and len(result.stderr.splitlines()) == 1, (
+        result.stderr
+    )
+    assert not HostPaths(short_root).socket.exists()
+
+
+def test_a_clean_stop_leaves_no_socket_or_pid_file(xpud: XpudProcess) -> None:
+    pidfile = xpud.paths.run_dir / "xpud.pid"
+    assert xpud.proc is not None and pidfile.read_text() == str(xpud.proc.pid)
+    assert xpud.socket.stat().st_mode & 0o777 == 0o666, "the mode xpud sets, not an accident"
+    assert xpud.stop() == 0
+    assert not xpud.socket.exists() and not pidfile.exists()

@@ -1,10 +1,13 @@
 """`xpu-driver`: install, upgrade and uninstall the emulated XPU driver on a host root.
 
-Install puts the runtime under ROOT/opt/openxpu/driver/<version> (with a `current` link
-and xpu-smi on ROOT/usr/local/bin), creates the /dev/xpuN nodes, starts `xpud`, and records
-the version. Installing another version is an in-place upgrade: xpud stops (saving its
-state), the files are swapped, and the new xpud resumes from the same device state.
-The driver DaemonSet runs `xpu-driver install --foreground`, so xpud is its main process.
+Install copies this runtime (the `openxpu_runtime` package) to
+ROOT/opt/openxpu/driver/<version>/lib, points the `current` link at it, writes the xpu-smi
+shim to ROOT/usr/local/bin, creates the /dev/xpuN nodes and starts xpud from that copy.
+A version is that copy: xpud and xpu-smi run its files, with the installer's Python and
+third-party libraries. Installing another version is an in-place upgrade: xpud stops
+(saving its state), the files are swapped, and the new version's xpud resumes from the
+same device state. The driver DaemonSet runs `xpu-driver install --foreground`, so xpud
+is its main process.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,21 +28,35 @@ from typing import TypedDict
 import openxpu_runtime
 from openxpu_runtime.client import wait_until_answering
 from openxpu_runtime.daemon import devnodes
-from openxpu_runtime.errors import Unreachable
+from openxpu_runtime.errors import CommandLineParser, Unreachable
 from openxpu_runtime.paths import HostPaths
 from openxpu_runtime.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 
 XPUD_MODULE = "openxpu_runtime.daemon.main"
 STOP_TIMEOUT_SECONDS = 15.0
 START_TIMEOUT_SECONDS = 20.0
+# A version names a directory under ROOT/opt/openxpu/driver: one plain path component.
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+CURRENT = "current"
+# -P: the caller's working directory must not shadow the installed package.
 SMI_SHIM = """#!/bin/sh
 # Installed by xpu-driver {version}.
-PYTHONPATH="{lib}${{PYTHONPATH:+:$PYTHONPATH}}" exec {python} -m openxpu_runtime.smi "$@"
+export XPUD_SOCKET="${{XPUD_SOCKET:-{socket}}}"
+PYTHONPATH="{lib}${{PYTHONPATH:+:$PYTHONPATH}}" exec {python} -P -m openxpu_runtime.smi "$@"
 """
 
 
 class DriverError(Exception):
     pass
+
+
+def check_version(version: str) -> str:
+    if not VERSION_NAME.fullmatch(version) or ".." in version or version == CURRENT:
+        raise DriverError(
+            f"--version {version!r} is not a version name: use letters, digits and . _ + - "
+            f"(at most 64, no '..', not {CURRENT!r}), e.g. 1.2.0"
+        )
+    return version
 
 
 class Installed(TypedDict):
@@ -51,7 +69,7 @@ class Installed(TypedDict):
 
 class Driver:
     def __init__(self, root: Path) -> None:
-        self.paths = HostPaths(root)
+        self.paths = HostPaths(root.absolute())
 
     @property
     def record(self) -> Path:
@@ -68,8 +86,15 @@ class Driver:
     def installed(self) -> Installed | None:
         if not self.record.exists():
             return None
-        data: Installed = json.loads(self.record.read_text())
+        try:
+            data: Installed = json.loads(self.record.read_text())
+        except ValueError as exc:
+            raise DriverError(f"{self.record} is not an install record ({exc})") from None
         return data
+
+    def lib(self, version: str) -> Path:
+        """Where a version's runtime lives: what its xpud and xpu-smi import."""
+        return self.paths.driver_dir / check_version(version) / "lib"
 
     def running_pid(self) -> int | None:
         """The xpud the pid file names, if that process is still an xpud of ours.
@@ -104,16 +129,15 @@ class Driver:
         self.pidfile.unlink(missing_ok=True)
 
     def put_files(self, version: str) -> None:
-        target = self.paths.driver_dir / version
-        lib = target / "lib"
-        if target.exists():
-            shutil.rmtree(target)
+        lib = self.lib(version)  # a checked name: never a path outside driver_dir
+        if lib.parent.exists():
+            shutil.rmtree(lib.parent)
         shutil.copytree(
             Path(openxpu_runtime.__file__).parent,
             lib / "openxpu_runtime",
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-        current = self.paths.driver_dir / "current"
+        current = self.paths.driver_dir / CURRENT
         tmp = self.paths.driver_dir / ".current.new"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(version)
@@ -123,7 +147,10 @@ class Driver:
         shim = bindir / "xpu-smi"
         shim.write_text(
             SMI_SHIM.format(
-                version=version, python=sys.executable, lib="/opt/openxpu/driver/current/lib"
+                version=version,
+                python=sys.executable,
+                lib=current / "lib",
+                socket=self.paths.socket,
             )
         )
         shim.chmod(0o755)
@@ -133,6 +160,7 @@ class Driver:
     ) -> list[str]:
         cmd = [
             sys.executable,
+            "-P",  # import the installed copy, whatever the working directory holds
             "-m",
             XPUD_MODULE,
             "--root",
@@ -148,6 +176,23 @@ class Driver:
             cmd += ["--count", str(count)]
         return cmd + extra
 
+    def xpud_env(self, version: str) -> dict[str, str]:
+        """The environment that makes xpud run `version`'s files rather than the installer's."""
+        inherited = os.environ.get("PYTHONPATH")
+        path = str(self.lib(version)) + (f":{inherited}" if inherited else "")
+        return {**os.environ, "PYTHONPATH": path}
+
+    def xpud_said(self, log_offset: int) -> str:
+        """xpud's own last words in its log since `log_offset`: its one-line error."""
+        try:
+            with open(self.logfile, "rb") as log:
+                log.seek(log_offset)
+                lines = log.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        said = [line for line in lines if line.startswith("xpud: ")] or lines
+        return said[-1].strip() if said else ""
+
     # -- verbs ----------------------------------------------------------------------------
 
     def install(
@@ -159,7 +204,8 @@ class Driver:
         extra: list[str],
         foreground: bool,
     ) -> int:
-        spec = load_profile(profile, count)  # fail before touching anything
+        check_version(version)  # fail before touching anything
+        spec = load_profile(profile, count)
         before = self.installed()
         if before and before["version"] != version:
             print(f"xpu-driver: upgrading {before['version']} -> {version}")
@@ -179,26 +225,26 @@ class Driver:
             )
         )
         cmd = self.xpud_command(version, profile, count, node, extra)
+        env = self.xpud_env(version)
         if foreground:
-            self.paths.run_dir.mkdir(parents=True, exist_ok=True)
-            self.pidfile.write_text(str(os.getpid()))
             print(f"xpu-driver: {version} installed; running xpud in the foreground", flush=True)
-            os.execv(cmd[0], cmd)
+            os.execve(cmd[0], cmd, env)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with open(self.logfile, "ab") as log:
+            log_offset = log.tell()
             proc = subprocess.Popen(
                 cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=env,
                 start_new_session=True,
             )
-        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
-        self.pidfile.write_text(str(proc.pid))
         try:
             wait_until_answering(self.paths.socket, proc.poll, START_TIMEOUT_SECONDS)
         except Unreachable as exc:
-            raise DriverError(f"{exc}; see {self.logfile}") from None
+            said = self.xpud_said(log_offset) or str(exc)
+            raise DriverError(f"xpud did not start: {said} (log: {self.logfile})") from None
         print(
             f"xpu-driver: {version} installed, {spec.count} x {spec.product}, xpud pid {proc.pid}"
         )
@@ -225,17 +271,32 @@ class Driver:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog="xpu-driver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--root", type=Path, default=Path(os.environ.get("XPU_ROOT", "/")))
     sub = p.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help="install or upgrade, then start xpud")
-    inst.add_argument("--version", required=True)
+    inst.add_argument("--version", required=True, help="a version name, e.g. 1.2.0")
     inst.add_argument("--profile", default=os.environ.get("XPU_PROFILE", DEFAULT_PROFILE))
     inst.add_argument("--count", type=int)
     inst.add_argument("--node", default=os.environ.get("NODE_NAME") or os.uname().nodename)
     inst.add_argument("--foreground", action="store_true", help="exec xpud (for containers)")
+    recovery = inst.add_mutually_exclusive_group()
+    recovery.add_argument(
+        "--reset-state",
+        action="append_const",
+        const="--reset-state",
+        dest="recovery",
+        help="xpud moves the saved device state aside and starts with fresh devices",
+    )
+    recovery.add_argument(
+        "--restore-backup",
+        action="append_const",
+        const="--restore-backup",
+        dest="recovery",
+        help="xpud starts from the last good state backup",
+    )
     inst.add_argument("--xpud-arg", action="append", default=[], help="extra xpud argument")
     uninst = sub.add_parser("uninstall", help="stop xpud and remove the driver")
     uninst.add_argument("--purge", action="store_true", help="also drop saved device state")
@@ -245,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "install":
             return driver.install(
-                args.version, args.profile, args.count, args.node, args.xpud_arg, args.foreground
+                args.version,
+                args.profile,
+                args.count,
+                args.node,
+                (args.recovery or []) + args.xpud_arg,
+                args.foreground,
             )
         if args.command == "uninstall":
             return driver.uninstall(args.purge)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
+
 
 class XpuError(Exception):
     code = "xpu_error"
@@ -37,6 +41,13 @@ class FailedPrecondition(XpuError):
     status = 409
 
 
+class BadResponse(XpuError):
+    """xpud answered something this client cannot read (a daemon of another version)."""
+
+    code = "bad_response"
+    status = 502
+
+
 class Unreachable(XpuError):
     """The client could not talk to xpud at all."""
 
@@ -48,3 +59,18 @@ BY_CODE: dict[str, type[XpuError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, OutOfMemory, DeviceUnavailable, FailedPrecondition)
 }
+
+
+def describe_problems(problems: Iterable[Mapping[str, Any]]) -> str:
+    """pydantic's validation errors as one line: `body.pid: Input should be ...; ...`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in p.get('loc', ()))}: {p.get('msg')}" for p in problems
+    )
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other error our
+    commands report (argparse's own prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import logging
+import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -16,11 +19,13 @@ from pathlib import Path
 
 import uvicorn
 
+import openxpu_runtime
 from openxpu_runtime import __version__
 from openxpu_runtime.clock import Clock, ManualClock, SystemClock
 from openxpu_runtime.daemon import devnodes
 from openxpu_runtime.daemon.app import create_app
 from openxpu_runtime.engine import Engine
+from openxpu_runtime.errors import CommandLineParser
 from openxpu_runtime.paths import HostPaths, probe_socket
 from openxpu_runtime.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 from openxpu_runtime.state import CorruptStateError, StateStore
@@ -29,6 +34,17 @@ log = logging.getLogger("xpud")
 
 # Energy and temperature change every tick; saving them this often bounds what a crash loses.
 PERSIST_EVERY_SECONDS = 15.0
+LOCK_FILE = "xpud.lock"
+PID_FILE = "xpud.pid"
+# Workloads in containers reach xpud through this socket under their own uids; which uids
+# may is the isolation issue's decision (it would be 0660 with a group for them).
+DEFAULT_SOCKET_MODE = 0o666
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+class StartupError(Exception):
+    """xpud cannot start; the message is the one line the operator sees."""
 
 
 class XpudServer(uvicorn.Server):
@@ -45,8 +61,28 @@ class XpudServer(uvicorn.Server):
         self.should_exit = True
 
 
+def _interval(text: str) -> float:
+    seconds = float(text)
+    if not (math.isfinite(seconds) and 0.01 <= seconds <= 60):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an interval from 0.01 to 60 seconds")
+    return seconds
+
+
+def _node_name(text: str) -> str:
+    if not NODE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a node name")
+    return text
+
+
+def _file_mode(text: str) -> int:
+    mode = int(text, 8)
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode like 0660")
+    return mode
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="xpud", description=__doc__)
+    p = CommandLineParser(prog="xpud", description=__doc__)
     p.add_argument(
         "--root",
         type=Path,
@@ -54,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="host root holding run/openxpu, var/lib/openxpu and dev (default /)",
     )
     p.add_argument("--socket", type=Path, help="API socket (default ROOT/run/openxpu/xpud.sock)")
+    p.add_argument(
+        "--socket-mode",
+        type=_file_mode,
+        default=DEFAULT_SOCKET_MODE,
+        help=f"permissions of the API socket, octal (default {DEFAULT_SOCKET_MODE:o})",
+    )
     p.add_argument("--state-dir", type=Path, help="default ROOT/var/lib/openxpu")
     p.add_argument("--device-dir", type=Path, help="where /dev/xpuN nodes go (default ROOT/dev)")
     p.add_argument(
@@ -64,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--node",
+        type=_node_name,
         default=os.environ.get("NODE_NAME") or socket.gethostname(),
         help="node name; device UUIDs derive from it (default $NODE_NAME or hostname)",
     )
@@ -80,17 +123,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="system",
         help="manual: time moves only through POST /v1/clock/advance (tests)",
     )
-    p.add_argument("--tick", type=float, default=1.0, help="telemetry update interval, seconds")
+    p.add_argument("--tick", type=_interval, default=1.0, help="telemetry update interval, seconds")
     p.add_argument("--driver-version", help="reported driver version (default: the saved one)")
-    p.add_argument(
+    recovery = p.add_mutually_exclusive_group()
+    recovery.add_argument(
         "--reset-state",
         action="store_true",
         help="move the saved state aside and start with fresh devices",
     )
-    p.add_argument(
+    recovery.add_argument(
         "--restore-backup", action="store_true", help="start from the last good state backup"
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     args = p.parse_args(argv)
     paths = HostPaths(args.root)
     args.socket = args.socket or paths.socket
@@ -99,12 +143,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold the state directory for the life of this process (the kernel drops the lock when
+    it exits, however it exits): one xpud per state, and nothing touched before that is sure."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(
+            f"another xpud (pid {holder}) holds {path}; stop it first (xpu-driver uninstall, "
+            "or end that process)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 def socket_in_use(path: Path) -> bool:
     try:
         probe_socket(path)
     except OSError:
         return False
     return True
+
+
+def listen(path: Path, mode: int) -> socket.socket:
+    """Bind the API socket ourselves: its mode is set before anyone can connect, and its
+    inode tells us at exit whether the path is still ours to remove."""
+    if socket_in_use(path):
+        raise StartupError(f"another xpud is serving {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # stale: nothing answered on it above
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Bound with mode 0600 and widened after: never more open than asked, not even briefly.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {path}: {exc}") from None
+    return sock
+
+
+def remove_if_ours(path: Path, inode: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_ino == inode:
+            path.unlink()
+
+
+def remove_pidfile(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == str(os.getpid()):
+            path.unlink()
 
 
 async def tick_loop(engine: Engine, interval: float) -> None:
@@ -118,11 +216,10 @@ async def tick_loop(engine: Engine, interval: float) -> None:
             since_persist = 0.0
 
 
-async def serve(engine: Engine, sock: Path, tick: float, log_level: str) -> None:
+async def serve(engine: Engine, sock: socket.socket, tick: float, log_level: str) -> None:
     app = create_app(engine)
     config = uvicorn.Config(
         app,
-        uds=str(sock),
         log_level=log_level,
         access_log=False,
         lifespan="off",
@@ -133,7 +230,7 @@ async def serve(engine: Engine, sock: Path, tick: float, log_level: str) -> None
     if not isinstance(engine.clock, ManualClock):
         ticker = asyncio.create_task(tick_loop(engine, tick))
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         if ticker:
             ticker.cancel()
@@ -145,47 +242,67 @@ async def serve(engine: Engine, sock: Path, tick: float, log_level: str) -> None
             engine.store.checkpoint()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s xpud %(message)s")
+def start(args: argparse.Namespace) -> tuple[Engine, socket.socket]:
+    """Everything before serving, in the one order that is safe: the lock first."""
+    lock_state_dir(args.state_dir)  # held until exit: the fd is never closed
     store = StateStore(args.state_dir / "state.json")
-    try:
-        profile = load_profile(args.profile, args.count)
-        if args.reset_state:
-            aside = store.reset()
-            if aside:
-                log.warning("previous state moved to %s", aside)
-        if args.restore_backup:
+    profile = load_profile(args.profile, args.count)
+    if args.reset_state:
+        aside = store.reset()
+        if aside:
+            log.warning("previous state moved to %s", aside)
+    if args.restore_backup:
+        if not store.backup_path.exists():
+            raise StartupError(f"no backup at {store.backup_path} to restore")
+        try:
             store.restore_backup()
-        if socket_in_use(args.socket):
-            raise RuntimeError(f"another xpud is serving {args.socket}")
-        clock: Clock = ManualClock() if args.clock == "manual" else SystemClock()
-        engine = Engine(
-            node=args.node,
-            profile=profile,
-            clock=clock,
-            seed=args.seed,
-            driver_version=args.driver_version,
-            store=store,
-            device_dir=args.device_dir,
-        )
-    except (ProfileError, CorruptStateError, RuntimeError, OSError) as exc:
-        print(f"xpud: {exc}", file=sys.stderr)
-        return 2
+        except (ValueError, CorruptStateError) as exc:  # ValueError: not JSON, or not UTF-8
+            raise StartupError(
+                f"backup {store.backup_path} is corrupt ({exc}); "
+                "start with --reset-state to begin with fresh devices"
+            ) from None
+    clock: Clock = ManualClock() if args.clock == "manual" else SystemClock()
+    engine = Engine(
+        node=args.node,
+        profile=profile,
+        clock=clock,
+        seed=args.seed,
+        driver_version=args.driver_version,
+        store=store,
+        device_dir=args.device_dir,
+    )
     devnodes.create(args.device_dir, profile.count, args.device_nodes)
-    args.socket.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        args.socket.unlink()  # stale: nothing answered on it above
+    sock = listen(args.socket, args.socket_mode)
+    pidfile = args.socket.parent / PID_FILE
+    pidfile.write_text(str(os.getpid()))
     log.info(
-        "xpud %s: node %s, %d x %s, driver %s, socket %s",
+        "xpud %s from %s: node %s, %d x %s, driver %s, socket %s",
         __version__,
+        Path(openxpu_runtime.__file__).parent,
         engine.node,
         profile.count,
         profile.product,
         engine.driver_version,
         args.socket,
     )
-    asyncio.run(serve(engine, args.socket, args.tick, args.log_level))
+    return engine, sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # a bad command line: one line, exit 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s xpud %(message)s")
+    try:
+        engine, sock = start(args)
+    except (StartupError, ProfileError, CorruptStateError, OSError) as exc:
+        print(f"xpud: {exc}", file=sys.stderr)
+        return 2
+    inode = args.socket.stat().st_ino
+    try:
+        asyncio.run(serve(engine, sock, args.tick, args.log_level))
+    finally:
+        # Leave nothing a client or the installer could mistake for a live daemon.
+        remove_if_ours(args.socket, inode)
+        remove_pidfile(args.socket.parent / PID_FILE)
     return 0
 
 

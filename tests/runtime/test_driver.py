@@ -1,0 +1,114 @@
+"""xpu-driver in a scratch root: what a version is, and what it may touch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openxpu_runtime.driver import Driver
+from openxpu_runtime.testing import XpudProcess
+
+pytestmark = pytest.mark.integration
+
+
+def xpu_driver(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "openxpu_runtime.driver", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NODE_NAME": "node-d"},
+        timeout=60,
+    )
+
+
+def install(root: Path, version: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return xpu_driver(
+        root,
+        "install",
+        "--version",
+        version,
+        "--profile",
+        "x1-2",
+        "--xpud-arg=--device-nodes=file",
+        *args,
+    )
+
+
+@pytest.mark.parametrize(
+    "version", ["/tmp/victim", "../../../etc", "/", "..", "current", "a/b", "1.0/../..", ""]
+)
+def test_a_version_is_a_plain_name_and_nothing_outside_the_driver_dir_is_touched(
+    short_root: Path, version: str
+) -> None:
+    victim = short_root / "victim"
+    (victim / "keep").mkdir(parents=True)
+    (victim / "keep/important.txt").write_text("mine")
+    # The paths the report tried, aimed at this scratch root's own files.
+    aimed = str(victim) if version == "/tmp/victim" else version
+    result = install(short_root, aimed)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is not a version name" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (victim / "keep/important.txt").read_text() == "mine"
+    assert not (short_root / "opt/openxpu/driver").exists(), "refused before touching anything"
+
+
+def test_an_upgrade_runs_the_new_versions_files(short_root: Path) -> None:
+    driver = Driver(short_root)
+    try:
+        assert install(short_root, "1.0.0").returncode == 0
+        assert install(short_root, "1.1.0").returncode == 0
+        pid = driver.running_pid()
+        assert pid is not None
+        new_lib = short_root / "opt/openxpu/driver/1.1.0/lib"
+        # The process imports from the version's directory, not the installer's environment.
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"PYTHONPATH={new_lib}".encode() in [e.split(b":")[0] for e in environ]
+        starts = [line for line in driver.logfile.read_text().splitlines() if " from /" in line]
+        assert f"from {new_lib}/openxpu_runtime:" in starts[-1]
+        with XpudProcess(short_root).client() as c:
+            assert c.version().driver_version == "1.1.0"
+        # The xpu-smi shim runs the current version against this root's xpud.
+        shim = short_root / "usr/local/bin/xpu-smi"
+        env = {k: v for k, v in os.environ.items() if k not in ("XPUD_SOCKET", "PYTHONPATH")}
+        smi = subprocess.run(
+            [str(shim), "--json"], capture_output=True, text=True, env=env, cwd="/", timeout=30
+        )
+        assert smi.returncode == 0, smi.stderr
+        assert json.loads(smi.stdout)["driver_version"] == "1.1.0"
+    finally:
+        xpu_driver(short_root, "uninstall")
+
+
+def test_install_passes_recovery_flags_and_reports_xpuds_own_error(short_root: Path) -> None:
+    try:
+        assert install(short_root, "1.0.0").returncode == 0
+        assert xpu_driver(short_root, "uninstall").returncode == 0  # a clean stop: a backup
+        backup = short_root / "var/lib/openxpu/state.json.bak"
+        backup.write_text("{ truncated")
+        refused = install(short_root, "1.0.0", "--restore-backup")
+        assert refused.returncode == 2
+        assert f"xpud: backup {backup} is corrupt" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+        fresh = install(short_root, "1.0.0", "--reset-state")
+        assert fresh.returncode == 0, fresh.stderr
+        assert list((short_root / "var/lib/openxpu").glob("state.json.reset-*"))
+        both = install(short_root, "1.0.0", "--reset-state", "--restore-backup")
+        assert both.returncode == 2 and "not allowed with" in both.stderr
+    finally:
+        xpu_driver(short_root, "uninstall")
+
+
+def test_a_broken_install_record_is_reported_not_a_traceback(short_root: Path) -> None:
+    record = short_root / "var/lib/openxpu/driver.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{")
+    status = xpu_driver(short_root, "status")
+    assert status.returncode == 2
+    assert f"xpu-driver: {record} is not an install record" in status.stderr
+    assert "Traceback" not in status.stderr
