@@ -12,8 +12,11 @@ API_VERSION = "v1"
 DeviceRef = Annotated[str, Field(min_length=1, max_length=64, examples=["0"])]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Response(BaseModel):
+    """What xpud answers. Clients ignore fields they do not know: a newer xpud may add some,
+    and driver and node agents are upgraded separately."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class Request(BaseModel):
@@ -22,24 +25,24 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class ErrorBody(Strict):
+class ErrorBody(Response):
     code: str
     message: str
 
 
-class ErrorResponse(Strict):
+class ErrorResponse(Response):
     error: ErrorBody
 
 
-class VersionInfo(Strict):
+class VersionInfo(Response):
     api: str
     runtime_version: str
     driver_version: str
     node: str
-    clock: Literal["system", "manual"]
+    clock: str = Field(examples=["system", "manual"])
 
 
-class DeviceInfo(Strict):
+class DeviceInfo(Response):
     index: int
     uuid: str
     product: str
@@ -55,21 +58,21 @@ class DeviceInfo(Strict):
     health: str
 
 
-class Inventory(Strict):
+class Inventory(Response):
     node: str
     profile: str
     driver_version: str
     devices: list[DeviceInfo]
 
 
-class ProcessMemory(Strict):
+class ProcessMemory(Response):
     context_id: str
     pid: int
     name: str
     memory_used_bytes: int
 
 
-class ActiveFault(Strict):
+class ActiveFault(Response):
     code: int
     name: str
     severity: str
@@ -79,7 +82,7 @@ class ActiveFault(Strict):
     message: str
 
 
-class DeviceTelemetry(Strict):
+class DeviceTelemetry(Response):
     index: int
     uuid: str
     health: str
@@ -106,7 +109,7 @@ class DeviceTelemetry(Strict):
     processes: list[ProcessMemory]
 
 
-class Telemetry(Strict):
+class Telemetry(Response):
     node: str
     timestamp: float
     driver_version: str
@@ -123,14 +126,14 @@ class ContextRequest(Request):
     lease_seconds: float | None = Field(default=None, gt=0, le=86_400)
 
 
-class ContextDevice(Strict):
+class ContextDevice(Response):
     index: int
     uuid: str
     memory_limit_bytes: int | None
     memory_used_bytes: int
 
 
-class Context(Strict):
+class Context(Response):
     id: str
     pid: int
     name: str
@@ -144,7 +147,7 @@ class AllocationRequest(Request):
     size: int = Field(gt=0, le=1 << 50)
 
 
-class Allocation(Strict):
+class Allocation(Response):
     handle: str
     device_uuid: str
     size: int
@@ -156,7 +159,7 @@ class LaunchRequest(Request):
     kind: Literal["vector", "matrix"] = "vector"
 
 
-class LaunchResult(Strict):
+class LaunchResult(Response):
     device_uuid: str
     queued_ops: float
     estimated_seconds: float
@@ -166,7 +169,7 @@ class SyncRequest(Request):
     device: DeviceRef | None = None
 
 
-class SyncResult(Strict):
+class SyncResult(Response):
     pending_ops: float
     estimated_seconds: float
 
@@ -179,7 +182,7 @@ class FaultRequest(Request):
     message: str = Field(default="", max_length=256)
 
 
-class FaultInjected(Strict):
+class FaultInjected(Response):
     device_uuid: str
     code: int
     name: str
@@ -187,7 +190,7 @@ class FaultInjected(Strict):
     health: str
 
 
-class FaultsCleared(Strict):
+class FaultsCleared(Response):
     device_uuid: str
     cleared: list[int]
     health: str
@@ -198,16 +201,17 @@ class ClockAdvance(Request):
     seconds: float = Field(ge=0, le=3_600)
 
 
-class ClockReading(Strict):
+class ClockReading(Response):
     now: float
 
 
-class Event(Strict):
+class Event(Response):
     """One line of the event stream. `snapshot` opens every stream with each device's health."""
 
     seq: int
     time: float
-    type: Literal["snapshot", "health", "fault"]
+    # Open: a newer xpud may send types this client does not know; readers skip those.
+    type: str = Field(examples=["snapshot", "health", "fault"])
     device_index: int
     device_uuid: str
     health: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
@@ -13,32 +12,65 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from openxpu_runtime import api
-from openxpu_runtime.errors import BY_CODE, InvalidArgument, Unreachable, XpuError
+from openxpu_runtime.errors import (
+    BY_CODE,
+    BadResponse,
+    InvalidArgument,
+    Unreachable,
+    XpuError,
+    describe_problems,
+)
 from openxpu_runtime.paths import default_socket, probe_socket
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 # The socket is local: anything slower than this is a hung daemon, not a slow network.
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 _CONTEXTS = TypeAdapter(list[api.Context])
 
 
 def _raise_for(response: httpx.Response) -> None:
+    """The XpuError an error response stands for. Reads the body first, so it works on
+    streaming responses too."""
     if response.status_code < 400:
         return
+    response.read()
+    _raise_error(response)
+
+
+async def _araise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    await response.aread()
+    _raise_error(response)
+
+
+def _raise_error(response: httpx.Response) -> None:
     try:
         body = response.json()
     except ValueError:
         raise XpuError(f"xpud answered {response.status_code}: {response.text[:200]}") from None
-    if isinstance(body.get("error"), dict):
-        err = body["error"]
-        raise BY_CODE.get(err.get("code"), XpuError)(err.get("message", ""))
-    if response.status_code == 422:  # request validation, in FastAPI's shape
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg')}"
-            for d in body.get("detail", [])
-        )
-        raise InvalidArgument(f"invalid request: {problems}")
-    raise XpuError(f"xpud answered {response.status_code}: {body}")
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        raise BY_CODE.get(str(err.get("code")), XpuError)(str(err.get("message", "")))
+    if (
+        response.status_code == 422
+        and isinstance(body, dict)
+        and isinstance(body.get("detail"), list)
+    ):
+        # FastAPI's own shape: how older xpuds answered request validation errors.
+        raise InvalidArgument(f"invalid request: {describe_problems(body['detail'])}")
+    raise XpuError(f"xpud answered {response.status_code}: {str(body)[:200]}")
+
+
+def _parse(validate_json: Callable[[str | bytes], T], data: str | bytes) -> T:
+    """A response body as its model; BadResponse (an XpuError) if it is not one."""
+    try:
+        return validate_json(data)
+    except ValidationError as exc:
+        raise BadResponse(
+            f"xpud answered something this client cannot read: {describe_problems(exc.errors())}"
+        ) from None
 
 
 class _ProbingBackend(httpcore.SyncBackend):
@@ -70,9 +102,9 @@ def _unreachable(socket: Path, exc: Exception) -> Unreachable:
     )
 
 
-def _parse_event(line: bytes | str) -> api.Event | None:
+def _parse_event(line: str) -> api.Event | None:
     line = line.strip()
-    return api.Event.model_validate(json.loads(line)) if line else None
+    return _parse(api.Event.model_validate_json, line) if line else None
 
 
 def _request(model: type[M], **fields: Any) -> M:
@@ -80,8 +112,7 @@ def _request(model: type[M], **fields: Any) -> M:
     try:
         return model(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidArgument(f"invalid request: {problems}") from None
+        raise InvalidArgument(f"invalid request: {describe_problems(exc.errors())}") from None
 
 
 class XpudClient:
@@ -122,10 +153,10 @@ class XpudClient:
         return response
 
     def _get(self, path: str, model: type[M]) -> M:
-        return model.model_validate(self._call("GET", path).json())
+        return _parse(model.model_validate_json, self._call("GET", path).content)
 
     def _post(self, path: str, body: BaseModel | None, model: type[M]) -> M:
-        return model.model_validate(self._call("POST", path, body).json())
+        return _parse(model.model_validate_json, self._call("POST", path, body).content)
 
     # -- readings -------------------------------------------------------------------------
 
@@ -142,7 +173,7 @@ class XpudClient:
         return self._get(f"/v1/devices/{ref}", api.DeviceTelemetry)
 
     def processes(self) -> list[api.Context]:
-        return _CONTEXTS.validate_python(self._call("GET", "/v1/processes").json())
+        return _parse(_CONTEXTS.validate_json, self._call("GET", "/v1/processes").content)
 
     def events(self) -> Iterator[api.Event]:
         """The health-event stream: a snapshot of every device, then changes as they happen."""
@@ -192,7 +223,7 @@ class XpudClient:
     def clear_faults(self, device: str, code: int | None = None) -> api.FaultsCleared:
         params = {"code": code} if code is not None else None
         response = self._call("DELETE", f"/v1/faults/{device}", params=params)
-        return api.FaultsCleared.model_validate(response.json())
+        return _parse(api.FaultsCleared.model_validate_json, response.content)
 
     def advance_clock(self, seconds: float) -> float:
         return self._post(
@@ -244,7 +275,7 @@ class AsyncXpudClient:
         except httpx.TransportError as exc:
             raise _unreachable(self.socket, exc) from exc
         _raise_for(response)
-        return model.model_validate(response.json())
+        return _parse(model.model_validate_json, response.content)
 
     async def version(self) -> api.VersionInfo:
         return await self._get("/v1/version", api.VersionInfo)
@@ -261,7 +292,7 @@ class AsyncXpudClient:
         timeout = httpx.Timeout(TIMEOUT.connect, read=read_timeout)
         try:
             async with self._http.stream("GET", "/v1/events", timeout=timeout) as r:
-                _raise_for(r)
+                await _araise_for(r)
                 async for line in r.aiter_lines():
                     event = _parse_event(line)
                     if event:

@@ -25,6 +25,7 @@ VISIBLE_ENV = "XPU_VISIBLE_DEVICES"
 LIMIT_ENV_PREFIX = "XPU_MEMORY_LIMIT_"
 # A crashed workload's memory comes back after this long without a heartbeat.
 DEFAULT_LEASE_SECONDS = 30.0
+HEARTBEAT_FIRST_RETRY = 0.1
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -120,12 +121,21 @@ class XpuSession:
             self._beat.start()
 
     def _heartbeat(self, interval: float) -> None:
+        """Keep the lease while the context lives. xpud may be away for a while (a restart,
+        a driver upgrade: it keeps contexts across both), so a failed beat is retried, sooner
+        at first; only xpud saying the context is gone ends the beat."""
+        delay, retry = interval, None
         with XpudClient(self._client.socket) as client:
-            while not self._stop.wait(interval):
+            while not self._stop.wait(delay):
                 try:
                     client.heartbeat(self.context_id)
-                except XpuError:
+                except NotFound:
                     return
+                except XpuError:
+                    retry = HEARTBEAT_FIRST_RETRY if retry is None else min(retry * 2, interval)
+                    delay = retry
+                else:
+                    delay, retry = interval, None
 
     @property
     def context_id(self) -> str:
