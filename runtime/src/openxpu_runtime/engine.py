@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -25,25 +24,19 @@ from openxpu_runtime.errors import (
 )
 from openxpu_runtime.faults import Health, lookup
 from openxpu_runtime.profiles import Profile, device_uuid
-from openxpu_runtime.state import SCHEMA, ContextState, NodeState, StateStore
+from openxpu_runtime.state import (
+    ClientContext,
+    NodeState,
+    Record,
+    StateStore,
+    restore_state,
+    snapshot_state,
+)
 
 Listener = Callable[[api.Event], None]
-
-
-@dataclass
-class ClientContext:
-    id: str
-    pid: int
-    name: str
-    created_at: float
-    lease_seconds: float | None
-    last_seen: float
-    devices: list[int]
-    limits: dict[int, int]
-    allocations: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    def used_on(self, index: int) -> int:
-        return sum(size for dev, size in self.allocations.values() if dev == index)
+# The journal is folded into a fresh snapshot after this many records (and at every
+# periodic save), which bounds both its size and the replay at startup.
+COMPACT_AFTER_RECORDS = 10_000
 
 
 class Engine:
@@ -76,67 +69,41 @@ class Engine:
         saved = store.load() if store else None
         self.driver_version = driver_version or (saved and saved["driver_version"]) or __version__
         if saved:
-            self._restore(saved, now)
-        self.persist()
+            self.contexts = restore_state(saved, self.devices, now)
+        # Energy as last written to the journal: exposed values are journalled before
+        # they are shown, so the counter never goes back across a crash.
+        self._journalled_energy = {d.uuid: d.energy for d in self.devices}
+        if store:
+            store.save(self._snapshot())
 
     # -- persistence ----------------------------------------------------------------------
 
-    def _restore(self, saved: NodeState, now: float) -> None:
-        for dev_state in saved["devices"]:
-            dev = self._by_uuid.get(dev_state["uuid"])
-            if dev is not None:  # devices gone from a changed profile are dropped
-                dev.restore(dev_state)
-        for c in saved["contexts"]:
-            indices = [self._by_uuid[u].index for u in c["devices"] if u in self._by_uuid]
-            ctx = ClientContext(
-                id=c["id"],
-                pid=c["pid"],
-                name=c["name"],
-                created_at=c["created_at"],
-                lease_seconds=c["lease_seconds"],
-                last_seen=now,  # a restart grants every lease a fresh term
-                devices=indices,
-                limits={
-                    self._by_uuid[u].index: n
-                    for u, n in c["memory_limits"].items()
-                    if u in self._by_uuid
-                },
-            )
-            for handle, a in c["allocations"].items():
-                if a["device"] in self._by_uuid:
-                    dev = self._by_uuid[a["device"]]
-                    ctx.allocations[handle] = (dev.index, a["size"])
-                    dev.memory_used += a["size"]
-            self.contexts[ctx.id] = ctx
-
-    def snapshot_state(self) -> NodeState:
-        return NodeState(
-            schema=SCHEMA,
-            node=self.node,
-            profile=self.profile.name,
-            driver_version=self.driver_version,
-            devices=[d.to_state() for d in self.devices],
-            contexts=[
-                ContextState(
-                    id=c.id,
-                    pid=c.pid,
-                    name=c.name,
-                    created_at=c.created_at,
-                    lease_seconds=c.lease_seconds,
-                    devices=[self.devices[i].uuid for i in c.devices],
-                    memory_limits={self.devices[i].uuid: n for i, n in c.limits.items()},
-                    allocations={
-                        h: {"device": self.devices[i].uuid, "size": s}
-                        for h, (i, s) in c.allocations.items()
-                    },
-                )
-                for c in self.contexts.values()
-            ],
+    def _snapshot(self) -> NodeState:
+        return snapshot_state(
+            self.node, self.profile.name, self.driver_version, self.devices, self.contexts.values()
         )
 
     def persist(self) -> None:
+        """Compact: a full snapshot, written off the event loop."""
         if self.store:
-            self.store.save(self.snapshot_state())
+            self.store.compact(self._snapshot())
+
+    def _journal(self, record: Record) -> None:
+        if self.store:
+            self.store.append(record)
+            if self.store.records_since_compaction >= COMPACT_AFTER_RECORDS:
+                self.persist()
+
+    def _journal_device(self, dev: Device) -> None:
+        self._journal({"op": "device", "device": dev.to_state()})
+        self._journalled_energy[dev.uuid] = dev.energy
+
+    def _expose_energy(self, devices: Iterable[Device]) -> None:
+        """Journal the energy counters about to be shown, where they moved."""
+        moved = {d.uuid: d.energy for d in devices if d.energy > self._journalled_energy[d.uuid]}
+        if moved:
+            self._journal({"op": "energy", "energy": moved})
+            self._journalled_energy.update(moved)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -191,19 +158,17 @@ class Engine:
     def advance(self) -> None:
         """Bring every device up to now, apply what the physics raised, reap expired leases."""
         now = self.clock.now()
-        changed = False
         for dev in self.devices:
             before = dev.health
-            for change in dev.advance(now):
-                changed = True
+            changes = dev.advance(now)
+            for change in changes:
                 self._after_fault_change(dev, before, change.code, change.raised)
                 before = dev.health
+            if changes:
+                self._journal_device(dev)
         for ctx in list(self.contexts.values()):
             if ctx.lease_seconds is not None and now - ctx.last_seen > ctx.lease_seconds:
                 self._drop_context(ctx)
-                changed = True
-        if changed:
-            self.persist()
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -275,6 +240,10 @@ class Engine:
         ]
 
     def device_telemetry(self, dev: Device) -> api.DeviceTelemetry:
+        self._expose_energy([dev])
+        return self._reading(dev)
+
+    def _reading(self, dev: Device) -> api.DeviceTelemetry:
         p = self.profile
         utilization, matrix_utilization, power = dev.readings(self.window)
         return api.DeviceTelemetry(
@@ -317,11 +286,12 @@ class Engine:
 
     def telemetry(self) -> api.Telemetry:
         self.advance()
+        self._expose_energy(self.devices)
         return api.Telemetry(
             node=self.node,
             timestamp=self.clock.now(),
             driver_version=self.driver_version,
-            devices=[self.device_telemetry(d) for d in self.devices],
+            devices=[self._reading(d) for d in self.devices],
         )
 
     # -- contexts and memory --------------------------------------------------------------
@@ -379,7 +349,7 @@ class Engine:
             limits=limits,
         )
         self.contexts[ctx.id] = ctx
-        self.persist()
+        self._journal({"op": "context", "context": ctx.to_state(self.devices)})
         return self._context_view(ctx)
 
     def _drop_context(self, ctx: ClientContext) -> None:
@@ -389,10 +359,10 @@ class Engine:
             for work in [w for w in dev.queue if w.context_id == ctx.id]:
                 dev.queue.remove(work)
         del self.contexts[ctx.id]
+        self._journal({"op": "close", "id": ctx.id})
 
     def close_context(self, context_id: str) -> None:
         self._drop_context(self.context(context_id))
-        self.persist()
 
     def allocate(self, context_id: str, req: api.AllocationRequest) -> api.Allocation:
         self.advance()
@@ -414,7 +384,15 @@ class Engine:
         handle = secrets.token_hex(8)
         ctx.allocations[handle] = (dev.index, req.size)
         dev.memory_used += req.size
-        self.persist()
+        self._journal(
+            {
+                "op": "alloc",
+                "context": ctx.id,
+                "handle": handle,
+                "device": dev.uuid,
+                "size": req.size,
+            }
+        )
         return api.Allocation(handle=handle, device_uuid=dev.uuid, size=req.size)
 
     def free(self, context_id: str, handle: str) -> None:
@@ -426,7 +404,7 @@ class Engine:
                 f"no allocation {handle!r} in context {context_id} (already freed?)"
             ) from None
         self.devices[index].memory_used -= size
-        self.persist()
+        self._journal({"op": "free", "context": ctx.id, "handle": handle})
 
     # -- work -----------------------------------------------------------------------------
 
@@ -487,7 +465,7 @@ class Engine:
         recover_after = req.recover_after_seconds or kind.recover_after_seconds
         dev.apply_fault(kind, self.clock.now(), sticky, recover_after, req.message)
         self._after_fault_change(dev, before, kind.code, raised=True)
-        self.persist()
+        self._journal_device(dev)
         return api.FaultInjected(
             device_uuid=dev.uuid,
             code=kind.code,
@@ -507,5 +485,5 @@ class Engine:
             del dev.faults[c]
         if dev.health is not before:
             self._emit(dev, "health", before, cleared[-1] if cleared else None)
-        self.persist()
+        self._journal_device(dev)
         return api.FaultsCleared(device_uuid=dev.uuid, cleared=cleared, health=dev.health.value)
