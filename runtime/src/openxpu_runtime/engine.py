@@ -58,7 +58,9 @@ class Engine:
         self.store = store
         self.device_dir = device_dir
         self.window = utilization_window
-        now = clock.now()
+        # Physics, fault recovery and leases run on model time, which a step of the wall
+        # clock does not move; timestamps people read are wall time.
+        now = clock.monotonic()
         self.devices = [
             Device.fresh(i, device_uuid(node, i), profile, seed, now) for i in range(profile.count)
         ]
@@ -157,7 +159,7 @@ class Engine:
 
     def advance(self) -> None:
         """Bring every device up to now, apply what the physics raised, reap expired leases."""
-        now = self.clock.now()
+        now = self.clock.monotonic()
         for dev in self.devices:
             before = dev.health
             changes = dev.advance(now)
@@ -185,7 +187,7 @@ class Engine:
         ctx = self.contexts.get(context_id)
         if ctx is None:
             raise NotFound(f"no context {context_id!r}")
-        ctx.last_seen = self.clock.now()
+        ctx.last_seen = self.clock.monotonic()
         return ctx
 
     def _visible(self, ctx: ClientContext, ref: str) -> Device:
@@ -337,14 +339,13 @@ class Engine:
             if limit <= 0:
                 raise InvalidArgument(f"memory limit for device {ref!r} must be positive")
             limits[dev.index] = limit
-        now = self.clock.now()
         ctx = ClientContext(
             id=secrets.token_hex(8),
             pid=req.pid,
             name=req.name,
-            created_at=now,
+            created_at=self.clock.now(),
             lease_seconds=req.lease_seconds,
-            last_seen=now,
+            last_seen=self.clock.monotonic(),
             devices=indices,
             limits=limits,
         )
@@ -463,7 +464,7 @@ class Engine:
         before = dev.health
         sticky = kind.sticky if req.sticky is None else req.sticky
         recover_after = req.recover_after_seconds or kind.recover_after_seconds
-        dev.apply_fault(kind, self.clock.now(), sticky, recover_after, req.message)
+        dev.apply_fault(kind, self.clock.monotonic(), sticky, recover_after, req.message)
         self._after_fault_change(dev, before, kind.code, raised=True)
         self._journal_device(dev)
         return api.FaultInjected(
