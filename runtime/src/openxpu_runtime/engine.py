@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,7 @@ from openxpu_runtime.errors import (
     InvalidArgument,
     NotFound,
     OutOfMemory,
+    QuotaExceeded,
 )
 from openxpu_runtime.faults import Health, lookup
 from openxpu_runtime.profiles import Profile, device_uuid
@@ -39,6 +41,17 @@ Listener = Callable[[api.Event], None]
 COMPACT_AFTER_RECORDS = 10_000
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold, so a runaway or crashed one cannot exhaust the node."""
+
+    # A context opened without a lease gets this one; every call on it renews it.
+    default_lease_seconds: float = 300.0
+    max_contexts: int = 1024
+    max_allocations_per_context: int = 16_384
+    max_queued_launches_per_context: int = 4096
+
+
 class Engine:
     def __init__(
         self,
@@ -51,6 +64,7 @@ class Engine:
         store: StateStore | None = None,
         device_dir: Path = Path("/dev"),
         utilization_window: float = 1.0,
+        limits: Limits = Limits(),
     ) -> None:
         self.node = node
         self.profile = profile
@@ -58,6 +72,7 @@ class Engine:
         self.store = store
         self.device_dir = device_dir
         self.window = utilization_window
+        self.limits = limits
         # Physics, fault recovery and leases run on model time, which a step of the wall
         # clock does not move; timestamps people read are wall time.
         now = clock.monotonic()
@@ -71,7 +86,7 @@ class Engine:
         saved = store.load() if store else None
         self.driver_version = driver_version or (saved and saved["driver_version"]) or __version__
         if saved:
-            self.contexts = restore_state(saved, self.devices, now)
+            self.contexts = restore_state(saved, self.devices, now, limits.default_lease_seconds)
         # Energy as last written to the journal: exposed values are journalled before
         # they are shown, so the counter never goes back across a crash.
         self._journalled_energy = {d.uuid: d.energy for d in self.devices}
@@ -169,7 +184,7 @@ class Engine:
             if changes:
                 self._journal_device(dev)
         for ctx in list(self.contexts.values()):
-            if ctx.lease_seconds is not None and now - ctx.last_seen > ctx.lease_seconds:
+            if now - ctx.last_seen > ctx.lease_seconds:
                 self._drop_context(ctx)
 
     # -- lookups --------------------------------------------------------------------------
@@ -339,12 +354,17 @@ class Engine:
             if limit <= 0:
                 raise InvalidArgument(f"memory limit for device {ref!r} must be positive")
             limits[dev.index] = limit
+        if len(self.contexts) >= self.limits.max_contexts:
+            raise QuotaExceeded(
+                f"xpud holds {len(self.contexts)} contexts, its limit (--max-contexts); "
+                "close unused ones or wait for their leases to expire"
+            )
         ctx = ClientContext(
             id=secrets.token_hex(8),
             pid=req.pid,
             name=req.name,
             created_at=self.clock.now(),
-            lease_seconds=req.lease_seconds,
+            lease_seconds=req.lease_seconds or self.limits.default_lease_seconds,
             last_seen=self.clock.monotonic(),
             devices=indices,
             limits=limits,
@@ -370,6 +390,11 @@ class Engine:
         ctx = self.context(context_id)
         dev = self._visible(ctx, req.device)
         self._usable(dev)
+        if len(ctx.allocations) >= self.limits.max_allocations_per_context:
+            raise QuotaExceeded(
+                f"context {ctx.id} holds {len(ctx.allocations)} allocations, the limit per "
+                "context (--max-allocations); free some first"
+            )
         limit = ctx.limits.get(dev.index)
         used = ctx.used_on(dev.index)
         if limit is not None and used + req.size > limit:
@@ -418,6 +443,12 @@ class Engine:
         ctx = self.context(context_id)
         dev = self._visible(ctx, req.device)
         self._usable(dev)
+        queued = sum(w.context_id == ctx.id for i in ctx.devices for w in self.devices[i].queue)
+        if queued >= self.limits.max_queued_launches_per_context:
+            raise QuotaExceeded(
+                f"context {ctx.id} has {queued} launches queued, the limit per context "
+                "(--max-queued-launches); synchronize before launching more"
+            )
         dev.queue.append(Work(ctx.id, req.ops, req.kind == "matrix"))
         pending = dev.pending_ops()
         return api.LaunchResult(

@@ -37,6 +37,13 @@ class FailedPrecondition(XpuError):
     status = 409
 
 
+class QuotaExceeded(XpuError):
+    """A client holds as much as xpud lets one client hold (contexts, allocations, work)."""
+
+    code = "quota_exceeded"
+    status = 409
+
+
 class Unreachable(XpuError):
     """The client could not talk to xpud at all."""
 
@@ -46,5 +53,12 @@ class Unreachable(XpuError):
 
 BY_CODE: dict[str, type[XpuError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, OutOfMemory, DeviceUnavailable, FailedPrecondition)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        OutOfMemory,
+        DeviceUnavailable,
+        FailedPrecondition,
+        QuotaExceeded,
+    )
 }

@@ -62,8 +62,8 @@ class ClientContext:
     pid: int
     name: str
     created_at: float
-    lease_seconds: float | None
-    last_seen: float
+    lease_seconds: float
+    last_seen: float  # model time (Clock.monotonic)
     devices: list[int]
     limits: dict[int, int]
     allocations: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -108,7 +108,9 @@ def snapshot_state(
     )
 
 
-def restore_state(saved: NodeState, devices: list[Device], now: float) -> dict[str, ClientContext]:
+def restore_state(
+    saved: NodeState, devices: list[Device], now: float, default_lease: float
+) -> dict[str, ClientContext]:
     """Put saved device state back into `devices`; the saved contexts, holding their memory."""
     by_uuid = {d.uuid: d for d in devices}
     for dev_state in saved["devices"]:
@@ -122,7 +124,9 @@ def restore_state(saved: NodeState, devices: list[Device], now: float) -> dict[s
             pid=c["pid"],
             name=c["name"],
             created_at=c["created_at"],
-            lease_seconds=c["lease_seconds"],
+            # Contexts saved before every context had a lease get the default one, so a
+            # client that crashed long ago does not hold memory for good.
+            lease_seconds=c["lease_seconds"] or default_lease,
             last_seen=now,  # a restart grants every lease a fresh term
             devices=[by_uuid[u].index for u in c["devices"] if u in by_uuid],
             limits={by_uuid[u].index: n for u, n in c["memory_limits"].items() if u in by_uuid},
