@@ -31,7 +31,7 @@ def _raise_for(response: httpx.Response) -> None:
         raise XpuError(f"xpud answered {response.status_code}: {response.text[:200]}") from None
     if isinstance(body.get("error"), dict):
         err = body["error"]
-        raise BY_CODE.get(err.get("code"), XpuError)(err.get("message", ""))
+        raise BY_CODE.get(err.get("code"), XpuError)(err.get("message", ""), err.get("device_uuid"))
     if response.status_code == 422:  # request validation, in FastAPI's shape
         problems = "; ".join(
             f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg')}"

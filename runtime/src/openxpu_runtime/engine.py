@@ -215,7 +215,7 @@ class Engine:
     def _usable(dev: Device) -> None:
         if not dev.operational:
             raise DeviceUnavailable(
-                f"device {dev.index} ({dev.uuid}) is {dev.health.value}: {dev.health_reason()}"
+                f"device {dev.uuid} is {dev.health.value}: {dev.health_reason()}", dev.uuid
             )
 
     # -- readings -------------------------------------------------------------------------
@@ -273,14 +273,14 @@ class Engine:
             memory_total_bytes=p.memory_bytes,
             memory_used_bytes=dev.memory_used,
             memory_free_bytes=p.memory_bytes - dev.memory_used,
-            temperature_celsius=dev.temperature,
+            temperature_celsius=None if dev.health is Health.LOST else dev.temperature,
             power_watts=power,
             power_limit_watts=p.tdp_watts,
             energy_joules=dev.energy,
             clock_mhz=dev.clock_mhz,
             max_clock_mhz=p.max_clock_mhz,
             memory_clock_mhz=0 if dev.health is Health.LOST else p.memory_clock_mhz,
-            throttle_reasons=dev.throttle_reasons(),
+            throttle_reasons=dev.throttle_reasons(utilization),
             ecc_corrected_total=dev.ecc_corrected,
             ecc_uncorrected_total=dev.ecc_uncorrected,
             errors_total={str(c): n for c, n in sorted(dev.errors.items())},
@@ -399,13 +399,15 @@ class Engine:
         used = ctx.used_on(dev.index)
         if limit is not None and used + req.size > limit:
             raise OutOfMemory(
-                f"out of memory on device {dev.index}: {req.size} bytes requested, "
-                f"{limit - used} of this context's {limit}-byte limit free"
+                f"out of memory on device {dev.uuid}: {req.size} bytes requested, "
+                f"{limit - used} of this context's {limit}-byte limit free",
+                dev.uuid,
             )
         free = self.profile.memory_bytes - dev.memory_used
         if req.size > free:
             raise OutOfMemory(
-                f"out of memory on device {dev.index}: {req.size} bytes requested, {free} free"
+                f"out of memory on device {dev.uuid}: {req.size} bytes requested, {free} free",
+                dev.uuid,
             )
         handle = secrets.token_hex(8)
         ctx.allocations[handle] = (dev.index, req.size)
@@ -465,7 +467,9 @@ class Engine:
         )
         for dev in devices:
             if dev.health is Health.LOST:
-                raise DeviceUnavailable(f"device {dev.index} was lost: {dev.health_reason()}")
+                raise DeviceUnavailable(
+                    f"device {dev.uuid} was lost: {dev.health_reason()}", dev.uuid
+                )
         pending = [(d, d.pending_ops(ctx.id)) for d in devices]
         return api.SyncResult(
             pending_ops=sum(p for _, p in pending),

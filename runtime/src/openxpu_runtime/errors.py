@@ -7,9 +7,12 @@ class XpuError(Exception):
     code = "xpu_error"
     status = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, device_uuid: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The device concerned, by UUID: a workload renders it as its own index, which
+        # differs from the host's index under XPU_VISIBLE_DEVICES.
+        self.device_uuid = device_uuid
 
 
 class InvalidArgument(XpuError):

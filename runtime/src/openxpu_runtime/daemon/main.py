@@ -209,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             store=store,
             device_dir=args.device_dir,
         )
+        devnodes.create(args.device_dir, profile.count, args.device_nodes)
     except (ProfileError, CorruptStateError, RuntimeError, OSError) as exc:
         print(f"xpud: {exc}", file=sys.stderr)
         return 2
-    devnodes.create(args.device_dir, profile.count, args.device_nodes)
     args.socket.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         args.socket.unlink()  # stale: nothing answered on it above
