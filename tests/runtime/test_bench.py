@@ -146,3 +146,30 @@ def test_cost_of_one_hz_telemetry_for_64_devices(short_root: Path) -> None:
             }
         ],
     )
+
+
+def test_allocation_latency_against_live_allocations(short_root: Path) -> None:
+    """Allocation latency must not grow with what is already held (issue 15 item 7)."""
+    proc = XpudProcess(short_root, "--profile", "x1-8").start()
+    rows = []
+    try:
+        with proc.client() as c:
+            ctx = c.open_context(api.ContextRequest(pid=1, name="bench", devices=["0"]))
+            live = 0
+            for target in (10, 1000):
+                while live < target:  # build up the live set, untimed
+                    c.allocate(ctx.id, "0", 4096)
+                    live += 1
+
+                def alloc_and_free() -> None:
+                    c.free(ctx.id, c.allocate(ctx.id, "0", 4096).handle)
+
+                timed(alloc_and_free, 20)  # warm up
+                samples = timed(lambda: c.allocate(ctx.id, "0", 4096), 200)
+                live += 200
+                rows.append(
+                    {"live_allocations": target, "request": "allocate", **percentiles(samples)}
+                )
+    finally:
+        proc.stop()
+    report("xpud allocation latency vs live allocations (200 requests each, one client)", rows)

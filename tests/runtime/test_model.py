@@ -152,7 +152,7 @@ def test_memory_is_finite_and_limits_hold() -> None:
     c = ctx(engine, "0", "1", limits={"1": GIB})
     total = BUILTIN["x1-2"].memory_bytes
     a = engine.allocate(c, api.AllocationRequest(device="0", size=total - GIB))
-    with pytest.raises(OutOfMemory, match="out of memory on device 0"):
+    with pytest.raises(OutOfMemory, match=f"out of memory on device {device_uuid('n1', 0)}"):
         engine.allocate(c, api.AllocationRequest(device="0", size=GIB + 1))
     engine.allocate(c, api.AllocationRequest(device="1", size=GIB))
     with pytest.raises(OutOfMemory, match="limit"):

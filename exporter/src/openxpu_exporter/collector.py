@@ -35,7 +35,7 @@ class Gauge(NamedTuple):
     name: str
     kind: str  # "gauge" or "counter" (family name without _total)
     help: str
-    value: Callable[[api.DeviceTelemetry], float]
+    value: Callable[[api.DeviceTelemetry], float | None]  # None: no reading, no sample
 
 
 NATIVE: tuple[Gauge, ...] = (
@@ -219,7 +219,8 @@ class XpuCollector(Collector):
             sample_name = g.name + "_total" if g.kind == "counter" else g.name
             append = m.samples.append
             for d in devices:
-                value = g.value(d)
+                if (value := g.value(d)) is None:
+                    continue
                 for lbl in labels[d.uuid].native:
                     append(Sample(sample_name, lbl, value))
             yield m
@@ -230,7 +231,8 @@ class XpuCollector(Collector):
             m = Metric(f.name, f.help, f.kind)
             append = m.samples.append
             for d in devices:
-                value = f.value(d)
+                if (value := f.value(d)) is None:
+                    continue
                 for lbl in labels[d.uuid].dcgm:
                     append(Sample(f.name, lbl, value))
             yield m

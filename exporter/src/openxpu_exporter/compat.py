@@ -29,7 +29,7 @@ class DcgmField(NamedTuple):
     # TYPE line to NAME_total, which DCGM names do not carry. PromQL treats both alike.
     kind: str
     help: str
-    value: Callable[[api.DeviceTelemetry], float]
+    value: Callable[[api.DeviceTelemetry], float | None]  # None: no reading, no sample
 
 
 def throttle_bitmask(reasons: list[str]) -> float:

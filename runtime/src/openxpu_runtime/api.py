@@ -28,6 +28,7 @@ class Request(BaseModel):
 class ErrorBody(Response):
     code: str
     message: str
+    device_uuid: str | None = None  # the device an error is about, if one
 
 
 class ErrorResponse(Response):
@@ -92,7 +93,7 @@ class DeviceTelemetry(Response):
     memory_total_bytes: int
     memory_used_bytes: int
     memory_free_bytes: int
-    temperature_celsius: float
+    temperature_celsius: float | None  # None: a lost device cannot be read
     power_watts: float
     power_limit_watts: float
     energy_joules: float

@@ -52,7 +52,10 @@ def _raise_error(response: httpx.Response) -> None:
         raise XpuError(f"xpud answered {response.status_code}: {response.text[:200]}") from None
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
-        raise BY_CODE.get(str(err.get("code")), XpuError)(str(err.get("message", "")))
+        uuid = err.get("device_uuid")
+        raise BY_CODE.get(str(err.get("code")), XpuError)(
+            str(err.get("message", "")), uuid if isinstance(uuid, str) else None
+        )
     if (
         response.status_code == 422
         and isinstance(body, dict)

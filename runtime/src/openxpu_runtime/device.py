@@ -243,9 +243,13 @@ class Device:
             w.remaining_ops for w in self.queue if context_id is None or w.context_id == context_id
         )
 
-    def throttle_reasons(self) -> list[str]:
+    def throttle_reasons(self, utilization: float) -> list[str]:
+        """Why clocks are below maximum. `utilization` is over the reading window: an
+        instant between two launches is not an idle device."""
+        if self.health is Health.LOST:
+            return []  # no clocks at all: nothing is throttling them
         reasons = []
-        if not self.queue:
+        if not self.queue and utilization == 0:
             reasons.append("idle")
         if self.thermal_throttle:
             reasons.append("hw_thermal_slowdown")

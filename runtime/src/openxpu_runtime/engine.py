@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,28 +22,34 @@ from openxpu_runtime.errors import (
     InvalidArgument,
     NotFound,
     OutOfMemory,
+    QuotaExceeded,
 )
 from openxpu_runtime.faults import Health, lookup
 from openxpu_runtime.profiles import Profile, device_uuid
-from openxpu_runtime.state import SCHEMA, ContextState, NodeState, StateStore
+from openxpu_runtime.state import (
+    ClientContext,
+    NodeState,
+    Record,
+    StateStore,
+    restore_state,
+    snapshot_state,
+)
 
 Listener = Callable[[api.Event], None]
+# The journal is folded into a fresh snapshot after this many records (and at every
+# periodic save), which bounds both its size and the replay at startup.
+COMPACT_AFTER_RECORDS = 10_000
 
 
-@dataclass
-class ClientContext:
-    id: str
-    pid: int
-    name: str
-    created_at: float
-    lease_seconds: float | None
-    last_seen: float
-    devices: list[int]
-    limits: dict[int, int]
-    allocations: dict[str, tuple[int, int]] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold, so a runaway or crashed one cannot exhaust the node."""
 
-    def used_on(self, index: int) -> int:
-        return sum(size for dev, size in self.allocations.values() if dev == index)
+    # A context opened without a lease gets this one; every call on it renews it.
+    default_lease_seconds: float = 300.0
+    max_contexts: int = 1024
+    max_allocations_per_context: int = 16_384
+    max_queued_launches_per_context: int = 4096
 
 
 class Engine:
@@ -58,6 +64,7 @@ class Engine:
         store: StateStore | None = None,
         device_dir: Path = Path("/dev"),
         utilization_window: float = 1.0,
+        limits: Limits = Limits(),
     ) -> None:
         self.node = node
         self.profile = profile
@@ -65,7 +72,10 @@ class Engine:
         self.store = store
         self.device_dir = device_dir
         self.window = utilization_window
-        now = clock.now()
+        self.limits = limits
+        # Physics, fault recovery and leases run on model time, which a step of the wall
+        # clock does not move; timestamps people read are wall time.
+        now = clock.monotonic()
         self.devices = [
             Device.fresh(i, device_uuid(node, i), profile, seed, now) for i in range(profile.count)
         ]
@@ -76,67 +86,41 @@ class Engine:
         saved = store.load() if store else None
         self.driver_version = driver_version or (saved and saved["driver_version"]) or __version__
         if saved:
-            self._restore(saved, now)
-        self.persist()
+            self.contexts = restore_state(saved, self.devices, now, limits.default_lease_seconds)
+        # Energy as last written to the journal: exposed values are journalled before
+        # they are shown, so the counter never goes back across a crash.
+        self._journalled_energy = {d.uuid: d.energy for d in self.devices}
+        if store:
+            store.save(self._snapshot())
 
     # -- persistence ----------------------------------------------------------------------
 
-    def _restore(self, saved: NodeState, now: float) -> None:
-        for dev_state in saved["devices"]:
-            dev = self._by_uuid.get(dev_state["uuid"])
-            if dev is not None:  # devices gone from a changed profile are dropped
-                dev.restore(dev_state)
-        for c in saved["contexts"]:
-            indices = [self._by_uuid[u].index for u in c["devices"] if u in self._by_uuid]
-            ctx = ClientContext(
-                id=c["id"],
-                pid=c["pid"],
-                name=c["name"],
-                created_at=c["created_at"],
-                lease_seconds=c["lease_seconds"],
-                last_seen=now,  # a restart grants every lease a fresh term
-                devices=indices,
-                limits={
-                    self._by_uuid[u].index: n
-                    for u, n in c["memory_limits"].items()
-                    if u in self._by_uuid
-                },
-            )
-            for handle, a in c["allocations"].items():
-                if a["device"] in self._by_uuid:
-                    dev = self._by_uuid[a["device"]]
-                    ctx.allocations[handle] = (dev.index, a["size"])
-                    dev.memory_used += a["size"]
-            self.contexts[ctx.id] = ctx
-
-    def snapshot_state(self) -> NodeState:
-        return NodeState(
-            schema=SCHEMA,
-            node=self.node,
-            profile=self.profile.name,
-            driver_version=self.driver_version,
-            devices=[d.to_state() for d in self.devices],
-            contexts=[
-                ContextState(
-                    id=c.id,
-                    pid=c.pid,
-                    name=c.name,
-                    created_at=c.created_at,
-                    lease_seconds=c.lease_seconds,
-                    devices=[self.devices[i].uuid for i in c.devices],
-                    memory_limits={self.devices[i].uuid: n for i, n in c.limits.items()},
-                    allocations={
-                        h: {"device": self.devices[i].uuid, "size": s}
-                        for h, (i, s) in c.allocations.items()
-                    },
-                )
-                for c in self.contexts.values()
-            ],
+    def _snapshot(self) -> NodeState:
+        return snapshot_state(
+            self.node, self.profile.name, self.driver_version, self.devices, self.contexts.values()
         )
 
     def persist(self) -> None:
+        """Compact: a full snapshot, written off the event loop."""
         if self.store:
-            self.store.save(self.snapshot_state())
+            self.store.compact(self._snapshot())
+
+    def _journal(self, record: Record) -> None:
+        if self.store:
+            self.store.append(record)
+            if self.store.records_since_compaction >= COMPACT_AFTER_RECORDS:
+                self.persist()
+
+    def _journal_device(self, dev: Device) -> None:
+        self._journal({"op": "device", "device": dev.to_state()})
+        self._journalled_energy[dev.uuid] = dev.energy
+
+    def _expose_energy(self, devices: Iterable[Device]) -> None:
+        """Journal the energy counters about to be shown, where they moved."""
+        moved = {d.uuid: d.energy for d in devices if d.energy > self._journalled_energy[d.uuid]}
+        if moved:
+            self._journal({"op": "energy", "energy": moved})
+            self._journalled_energy.update(moved)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -190,20 +174,18 @@ class Engine:
 
     def advance(self) -> None:
         """Bring every device up to now, apply what the physics raised, reap expired leases."""
-        now = self.clock.now()
-        changed = False
+        now = self.clock.monotonic()
         for dev in self.devices:
             before = dev.health
-            for change in dev.advance(now):
-                changed = True
+            changes = dev.advance(now)
+            for change in changes:
                 self._after_fault_change(dev, before, change.code, change.raised)
                 before = dev.health
+            if changes:
+                self._journal_device(dev)
         for ctx in list(self.contexts.values()):
-            if ctx.lease_seconds is not None and now - ctx.last_seen > ctx.lease_seconds:
+            if now - ctx.last_seen > ctx.lease_seconds:
                 self._drop_context(ctx)
-                changed = True
-        if changed:
-            self.persist()
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -220,7 +202,7 @@ class Engine:
         ctx = self.contexts.get(context_id)
         if ctx is None:
             raise NotFound(f"no context {context_id!r}")
-        ctx.last_seen = self.clock.now()
+        ctx.last_seen = self.clock.monotonic()
         return ctx
 
     def _visible(self, ctx: ClientContext, ref: str) -> Device:
@@ -233,7 +215,7 @@ class Engine:
     def _usable(dev: Device) -> None:
         if not dev.operational:
             raise DeviceUnavailable(
-                f"device {dev.index} ({dev.uuid}) is {dev.health.value}: {dev.health_reason()}"
+                f"device {dev.uuid} is {dev.health.value}: {dev.health_reason()}", dev.uuid
             )
 
     # -- readings -------------------------------------------------------------------------
@@ -275,6 +257,10 @@ class Engine:
         ]
 
     def device_telemetry(self, dev: Device) -> api.DeviceTelemetry:
+        self._expose_energy([dev])
+        return self._reading(dev)
+
+    def _reading(self, dev: Device) -> api.DeviceTelemetry:
         p = self.profile
         utilization, matrix_utilization, power = dev.readings(self.window)
         return api.DeviceTelemetry(
@@ -287,14 +273,14 @@ class Engine:
             memory_total_bytes=p.memory_bytes,
             memory_used_bytes=dev.memory_used,
             memory_free_bytes=p.memory_bytes - dev.memory_used,
-            temperature_celsius=dev.temperature,
+            temperature_celsius=None if dev.health is Health.LOST else dev.temperature,
             power_watts=power,
             power_limit_watts=p.tdp_watts,
             energy_joules=dev.energy,
             clock_mhz=dev.clock_mhz,
             max_clock_mhz=p.max_clock_mhz,
             memory_clock_mhz=0 if dev.health is Health.LOST else p.memory_clock_mhz,
-            throttle_reasons=dev.throttle_reasons(),
+            throttle_reasons=dev.throttle_reasons(utilization),
             ecc_corrected_total=dev.ecc_corrected,
             ecc_uncorrected_total=dev.ecc_uncorrected,
             errors_total={str(c): n for c, n in sorted(dev.errors.items())},
@@ -317,11 +303,12 @@ class Engine:
 
     def telemetry(self) -> api.Telemetry:
         self.advance()
+        self._expose_energy(self.devices)
         return api.Telemetry(
             node=self.node,
             timestamp=self.clock.now(),
             driver_version=self.driver_version,
-            devices=[self.device_telemetry(d) for d in self.devices],
+            devices=[self._reading(d) for d in self.devices],
         )
 
     # -- contexts and memory --------------------------------------------------------------
@@ -367,19 +354,23 @@ class Engine:
             if limit <= 0:
                 raise InvalidArgument(f"memory limit for device {ref!r} must be positive")
             limits[dev.index] = limit
-        now = self.clock.now()
+        if len(self.contexts) >= self.limits.max_contexts:
+            raise QuotaExceeded(
+                f"xpud holds {len(self.contexts)} contexts, its limit (--max-contexts); "
+                "close unused ones or wait for their leases to expire"
+            )
         ctx = ClientContext(
             id=secrets.token_hex(8),
             pid=req.pid,
             name=req.name,
-            created_at=now,
-            lease_seconds=req.lease_seconds,
-            last_seen=now,
+            created_at=self.clock.now(),
+            lease_seconds=req.lease_seconds or self.limits.default_lease_seconds,
+            last_seen=self.clock.monotonic(),
             devices=indices,
             limits=limits,
         )
         self.contexts[ctx.id] = ctx
-        self.persist()
+        self._journal({"op": "context", "context": ctx.to_state(self.devices)})
         return self._context_view(ctx)
 
     def _drop_context(self, ctx: ClientContext) -> None:
@@ -389,32 +380,47 @@ class Engine:
             for work in [w for w in dev.queue if w.context_id == ctx.id]:
                 dev.queue.remove(work)
         del self.contexts[ctx.id]
+        self._journal({"op": "close", "id": ctx.id})
 
     def close_context(self, context_id: str) -> None:
         self._drop_context(self.context(context_id))
-        self.persist()
 
     def allocate(self, context_id: str, req: api.AllocationRequest) -> api.Allocation:
         self.advance()
         ctx = self.context(context_id)
         dev = self._visible(ctx, req.device)
         self._usable(dev)
+        if len(ctx.allocations) >= self.limits.max_allocations_per_context:
+            raise QuotaExceeded(
+                f"context {ctx.id} holds {len(ctx.allocations)} allocations, the limit per "
+                "context (--max-allocations); free some first"
+            )
         limit = ctx.limits.get(dev.index)
         used = ctx.used_on(dev.index)
         if limit is not None and used + req.size > limit:
             raise OutOfMemory(
-                f"out of memory on device {dev.index}: {req.size} bytes requested, "
-                f"{limit - used} of this context's {limit}-byte limit free"
+                f"out of memory on device {dev.uuid}: {req.size} bytes requested, "
+                f"{limit - used} of this context's {limit}-byte limit free",
+                dev.uuid,
             )
         free = self.profile.memory_bytes - dev.memory_used
         if req.size > free:
             raise OutOfMemory(
-                f"out of memory on device {dev.index}: {req.size} bytes requested, {free} free"
+                f"out of memory on device {dev.uuid}: {req.size} bytes requested, {free} free",
+                dev.uuid,
             )
         handle = secrets.token_hex(8)
         ctx.allocations[handle] = (dev.index, req.size)
         dev.memory_used += req.size
-        self.persist()
+        self._journal(
+            {
+                "op": "alloc",
+                "context": ctx.id,
+                "handle": handle,
+                "device": dev.uuid,
+                "size": req.size,
+            }
+        )
         return api.Allocation(handle=handle, device_uuid=dev.uuid, size=req.size)
 
     def free(self, context_id: str, handle: str) -> None:
@@ -426,7 +432,7 @@ class Engine:
                 f"no allocation {handle!r} in context {context_id} (already freed?)"
             ) from None
         self.devices[index].memory_used -= size
-        self.persist()
+        self._journal({"op": "free", "context": ctx.id, "handle": handle})
 
     # -- work -----------------------------------------------------------------------------
 
@@ -439,6 +445,12 @@ class Engine:
         ctx = self.context(context_id)
         dev = self._visible(ctx, req.device)
         self._usable(dev)
+        queued = sum(w.context_id == ctx.id for i in ctx.devices for w in self.devices[i].queue)
+        if queued >= self.limits.max_queued_launches_per_context:
+            raise QuotaExceeded(
+                f"context {ctx.id} has {queued} launches queued, the limit per context "
+                "(--max-queued-launches); synchronize before launching more"
+            )
         dev.queue.append(Work(ctx.id, req.ops, req.kind == "matrix"))
         pending = dev.pending_ops()
         return api.LaunchResult(
@@ -455,7 +467,9 @@ class Engine:
         )
         for dev in devices:
             if dev.health is Health.LOST:
-                raise DeviceUnavailable(f"device {dev.index} was lost: {dev.health_reason()}")
+                raise DeviceUnavailable(
+                    f"device {dev.uuid} was lost: {dev.health_reason()}", dev.uuid
+                )
         pending = [(d, d.pending_ops(ctx.id)) for d in devices]
         return api.SyncResult(
             pending_ops=sum(p for _, p in pending),
@@ -485,9 +499,9 @@ class Engine:
         before = dev.health
         sticky = kind.sticky if req.sticky is None else req.sticky
         recover_after = req.recover_after_seconds or kind.recover_after_seconds
-        dev.apply_fault(kind, self.clock.now(), sticky, recover_after, req.message)
+        dev.apply_fault(kind, self.clock.monotonic(), sticky, recover_after, req.message)
         self._after_fault_change(dev, before, kind.code, raised=True)
-        self.persist()
+        self._journal_device(dev)
         return api.FaultInjected(
             device_uuid=dev.uuid,
             code=kind.code,
@@ -507,5 +521,5 @@ class Engine:
             del dev.faults[c]
         if dev.health is not before:
             self._emit(dev, "health", before, cleared[-1] if cleared else None)
-        self.persist()
+        self._journal_device(dev)
         return api.FaultsCleared(device_uuid=dev.uuid, cleared=cleared, health=dev.health.value)

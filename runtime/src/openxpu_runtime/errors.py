@@ -11,9 +11,12 @@ class XpuError(Exception):
     code = "xpu_error"
     status = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, device_uuid: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The device concerned, by UUID: a workload renders it as its own index, which
+        # differs from the host's index under XPU_VISIBLE_DEVICES.
+        self.device_uuid = device_uuid
 
 
 class InvalidArgument(XpuError):
@@ -41,6 +44,13 @@ class FailedPrecondition(XpuError):
     status = 409
 
 
+class QuotaExceeded(XpuError):
+    """A client holds as much as xpud lets one client hold (contexts, allocations, work)."""
+
+    code = "quota_exceeded"
+    status = 409
+
+
 class BadResponse(XpuError):
     """xpud answered something this client cannot read (a daemon of another version)."""
 
@@ -57,7 +67,14 @@ class Unreachable(XpuError):
 
 BY_CODE: dict[str, type[XpuError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, OutOfMemory, DeviceUnavailable, FailedPrecondition)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        OutOfMemory,
+        DeviceUnavailable,
+        FailedPrecondition,
+        QuotaExceeded,
+    )
 }
 
 

@@ -60,7 +60,7 @@ def device_table(
             d.uuid,
             f"{d.memory_used_bytes // MIB}MiB / {d.memory_total_bytes // MIB}MiB",
             f"{d.utilization_ratio:.0%}",
-            f"{d.temperature_celsius:.0f}C",
+            "N/A" if d.temperature_celsius is None else f"{d.temperature_celsius:.0f}C",
             f"{d.power_watts:.0f}W / {d.power_limit_watts:.0f}W",
             f"[{HEALTH_STYLE.get(d.health, '')}]{d.health}[/]",
         )
@@ -91,7 +91,10 @@ def detail(console: Console, devices: list[api.DeviceTelemetry], product: dict[s
             ("Memory Total", f"{d.memory_total_bytes // MIB} MiB"),
             ("Memory Used", f"{d.memory_used_bytes // MIB} MiB"),
             ("Memory Free", f"{d.memory_free_bytes // MIB} MiB"),
-            ("Temperature", f"{d.temperature_celsius:.1f} C"),
+            (
+                "Temperature",
+                "N/A" if d.temperature_celsius is None else f"{d.temperature_celsius:.1f} C",
+            ),
             ("Power Draw", f"{d.power_watts:.1f} W (limit {d.power_limit_watts:.0f} W)"),
             ("Energy", f"{d.energy_joules:.1f} J"),
             (

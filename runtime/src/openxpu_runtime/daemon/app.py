@@ -44,8 +44,9 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(XpuError)
     async def xpu_error(_: Request, exc: XpuError) -> JSONResponse:
-        body = api.ErrorResponse(error=api.ErrorBody(code=exc.code, message=exc.message))
-        return JSONResponse(body.model_dump(), status_code=exc.status)
+        error = api.ErrorBody(code=exc.code, message=exc.message, device_uuid=exc.device_uuid)
+        body = api.ErrorResponse(error=error)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

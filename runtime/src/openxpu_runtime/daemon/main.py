@@ -24,7 +24,7 @@ from openxpu_runtime import __version__
 from openxpu_runtime.clock import Clock, ManualClock, SystemClock
 from openxpu_runtime.daemon import devnodes
 from openxpu_runtime.daemon.app import create_app
-from openxpu_runtime.engine import Engine
+from openxpu_runtime.engine import Engine, Limits
 from openxpu_runtime.errors import CommandLineParser
 from openxpu_runtime.paths import HostPaths, probe_socket
 from openxpu_runtime.profiles import DEFAULT_PROFILE, ProfileError, load_profile
@@ -81,6 +81,19 @@ def _file_mode(text: str) -> int:
     return mode
 
 
+def positive(convert: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = CommandLineParser(prog="xpud", description=__doc__)
     p.add_argument(
@@ -133,6 +146,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     recovery.add_argument(
         "--restore-backup", action="store_true", help="start from the last good state backup"
+    )
+    defaults = Limits()
+    p.add_argument(
+        "--default-lease",
+        type=positive(float),
+        default=defaults.default_lease_seconds,
+        help="seconds a context opened without a lease lives without a call (default %(default)s)",
+    )
+    p.add_argument("--max-contexts", type=positive(int), default=defaults.max_contexts)
+    p.add_argument(
+        "--max-allocations",
+        type=positive(int),
+        default=defaults.max_allocations_per_context,
+        help="live allocations per context (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-queued-launches",
+        type=positive(int),
+        default=defaults.max_queued_launches_per_context,
+        help="launches a context may have queued (default %(default)s)",
     )
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     args = p.parse_args(argv)
@@ -268,6 +301,12 @@ def start(args: argparse.Namespace) -> tuple[Engine, socket.socket]:
         clock=clock,
         seed=args.seed,
         driver_version=args.driver_version,
+        limits=Limits(
+            args.default_lease,
+            args.max_contexts,
+            args.max_allocations,
+            args.max_queued_launches,
+        ),
         store=store,
         device_dir=args.device_dir,
     )
