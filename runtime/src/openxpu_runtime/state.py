@@ -73,7 +73,7 @@ class ClientContext:
     def used_on(self, index: int) -> int:
         return sum(size for dev, size in self.allocations.values() if dev == index)
 
-    def to_state(self, devices: list[Device], with_allocations: bool = True) -> ContextState:
+    def to_state(self, devices: list[Device]) -> ContextState:
         return ContextState(
             id=self.id,
             pid=self.pid,
@@ -84,9 +84,7 @@ class ClientContext:
             memory_limits={devices[i].uuid: n for i, n in self.limits.items()},
             allocations={
                 h: {"device": devices[i].uuid, "size": s} for h, (i, s) in self.allocations.items()
-            }
-            if with_allocations
-            else {},
+            },
         )
 
 
