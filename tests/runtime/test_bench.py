@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 from openxpu_runtime import api
+from openxpu_runtime.clock import SystemClock
+from openxpu_runtime.engine import Engine
+from openxpu_runtime.profiles import BUILTIN
+from openxpu_runtime.state import StateStore
 from openxpu_runtime.testing import XpudProcess
 
 pytestmark = pytest.mark.bench
@@ -173,3 +177,22 @@ def test_allocation_latency_against_live_allocations(short_root: Path) -> None:
     finally:
         proc.stop()
     report("xpud allocation latency vs live allocations (200 requests each, one client)", rows)
+
+
+def test_engine_time_per_allocation_against_live_allocations(tmp_path: Path) -> None:
+    """What one allocation costs the event loop itself, i.e. every other client's wait."""
+    engine = Engine(
+        node="bench",
+        profile=BUILTIN["x1-8"],
+        clock=SystemClock(),
+        store=StateStore(tmp_path / "state.json"),
+    )
+    ctx = engine.open_context(api.ContextRequest(pid=1, name="bench", devices=["0"])).id
+    request = api.AllocationRequest(device="0", size=4096)
+    rows = []
+    for target in (10, 1000):
+        while sum(len(c.allocations) for c in engine.contexts.values()) < target:
+            engine.allocate(ctx, request)
+        samples = timed(lambda: engine.allocate(ctx, request), 200)
+        rows.append({"live_allocations": target, **percentiles(samples)})
+    report("xpud engine time per allocation (in-process, state on disk)", rows)

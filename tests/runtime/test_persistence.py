@@ -174,3 +174,21 @@ def test_reset_and_restore_backup_set_the_journal_aside(tmp_path: Path) -> None:
     open_ctx(make_engine(store))
     assert store.reset() is not None
     assert not store.path.exists() and not store.journals()
+
+
+@pytest.mark.unit
+def test_a_long_journal_is_compacted_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("openxpu_runtime.engine.COMPACT_AFTER_RECORDS", 5)
+    store = StateStore(tmp_path / "state.json")
+    engine = make_engine(store)
+    c = open_ctx(engine)
+    for _ in range(12):
+        engine.allocate(c, api.AllocationRequest(device="0", size=1))
+    store.flush()
+    saved = json.loads(store.path.read_text())
+    assert len(saved["contexts"][0]["allocations"]) == 9  # compacted twice, 3 since
+    assert len(store.journals()) == 1
+    again = make_engine(StateStore(store.path))
+    assert again.telemetry().devices[0].memory_used_bytes == 12

@@ -11,6 +11,7 @@ already contains it changes nothing: a crash in the middle of a compaction is ha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -23,6 +24,7 @@ from typing import Any, TypedDict
 from openxpu_runtime.device import Device, DeviceState
 
 SCHEMA = 1
+log = logging.getLogger(__name__)
 
 
 class AllocationState(TypedDict):
@@ -71,7 +73,7 @@ class ClientContext:
     def used_on(self, index: int) -> int:
         return sum(size for dev, size in self.allocations.values() if dev == index)
 
-    def to_state(self, devices: list[Device], with_allocations: bool = True) -> ContextState:
+    def to_state(self, devices: list[Device]) -> ContextState:
         return ContextState(
             id=self.id,
             pid=self.pid,
@@ -82,9 +84,7 @@ class ClientContext:
             memory_limits={devices[i].uuid: n for i, n in self.limits.items()},
             allocations={
                 h: {"device": devices[i].uuid, "size": s} for h, (i, s) in self.allocations.items()
-            }
-            if with_allocations
-            else {},
+            },
         )
 
 
@@ -338,7 +338,8 @@ class StateStore:
 
         `state` must include every record appended before this call: later records go to a
         new journal file, which the snapshot does not replace."""
-        self._raise_writer_error()
+        if self._writer_error is not None:  # keep serving: the journal still holds it all
+            log.error("%s", self._take_writer_error())
         old = self.journals()
         self._close_journal()
         self.records_since_compaction = 0
@@ -453,10 +454,13 @@ class StateStore:
         for journal in replaced:
             journal.unlink(missing_ok=True)
 
+    def _take_writer_error(self) -> OSError:
+        exc, self._writer_error = self._writer_error, None
+        return OSError(f"writing state under {self.path.parent} failed: {exc}")
+
     def _raise_writer_error(self) -> None:
         if self._writer_error is not None:
-            exc, self._writer_error = self._writer_error, None
-            raise OSError(f"writing state under {self.path.parent} failed: {exc}") from exc
+            raise self._take_writer_error()
 
 
 def _fsync_dir(path: Path) -> None:
