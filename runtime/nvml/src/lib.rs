@@ -6,6 +6,7 @@
 
 mod affinity;
 mod events;
+mod prefetch;
 mod ret;
 mod state;
 mod stubs;
@@ -161,10 +162,18 @@ pub extern "C" fn nvmlShutdown() -> Ret {
                 return Err(NVML_ERROR_UNINITIALIZED);
             }
             lib.refcount -= 1;
-            lib.refcount == 0 && lib.state.take().is_some()
+            if lib.refcount > 0 {
+                None
+            } else {
+                lib.state.take()
+            }
         };
-        if last {
-            events::free_all(); // outside the library lock: the event thread takes it
+        // Outside the library lock: the event and prefetch threads take it.
+        if let Some(state) = last {
+            events::free_all();
+            if let Some(prefetcher) = state.prefetcher {
+                prefetcher.stop();
+            }
         }
         Ok(())
     })

@@ -1,8 +1,10 @@
 //! What one process's NVML knows: the devices it may see, and a short-lived telemetry
 //! snapshot so a query costs a lookup, not a round trip to xpud.
 
+use crate::prefetch::{Cadence, Prefetcher};
 use crate::ret::*;
 use crate::xpud::{Connection, DeviceInfo, DeviceTelemetry, Error, Inventory, Telemetry};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,11 @@ const DEFAULT_CACHE: Duration = Duration::from_millis(100);
 const DEFAULT_SLOWDOWN_CELSIUS: f64 = 85.0;
 const DEFAULT_SHUTDOWN_CELSIUS: f64 = 95.0;
 pub const MAX_DEVICES: usize = 1024;
+// How long before a monitor's next burst its snapshot is fetched: the burst may come this
+// much early or this much late (until the cache lifetime runs out) and still find it fresh.
+const PREFETCH_LEAD_SHARE: u32 = 2;
+// Tells a prefetched snapshot for a state that has since been shut down from a current one.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 pub struct Device {
     pub host_index: u32,
@@ -47,12 +54,22 @@ impl Device {
     }
 }
 
+struct Snapshot {
+    at: Instant,
+    data: Arc<Telemetry>,
+    // Fetched ahead of a burst and not yet read: its first reader starts a burst.
+    prefetched: bool,
+}
+
 pub struct State {
     pub driver_version: String,
     pub devices: Vec<Device>,
     conn: Connection,
     ttl: Duration,
-    snapshot: Option<(Instant, Arc<Telemetry>)>,
+    snapshot: Option<Snapshot>,
+    cadence: Cadence,
+    generation: u64,
+    pub prefetcher: Option<Prefetcher>,
 }
 
 impl State {
@@ -78,7 +95,25 @@ impl State {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_CACHE);
-        Ok(State { driver_version: inventory.driver_version, devices, conn, ttl, snapshot: None })
+        let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+        let socket = conn.path().to_path_buf();
+        let prefetcher = (!ttl.is_zero()).then(|| {
+            Prefetcher::start(socket, move |data| {
+                if let Some(state) = library().state.as_mut().filter(|s| s.generation == generation) {
+                    state.snapshot = Some(Snapshot { at: Instant::now(), data, prefetched: true });
+                }
+            })
+        });
+        Ok(State {
+            driver_version: inventory.driver_version,
+            devices,
+            conn,
+            ttl,
+            snapshot: None,
+            cadence: Cadence::default(),
+            generation,
+            prefetcher,
+        })
     }
 
     pub fn socket(&self) -> &std::path::Path {
@@ -90,15 +125,27 @@ impl State {
     }
 
     pub fn telemetry(&mut self) -> Result<Arc<Telemetry>, Ret> {
-        if let Some((at, snap)) = &self.snapshot {
-            if at.elapsed() < self.ttl {
-                return Ok(snap.clone());
+        let now = Instant::now();
+        if let Some(snap) = self.snapshot.as_mut().filter(|s| now.duration_since(s.at) < self.ttl) {
+            let data = snap.data.clone();
+            if std::mem::take(&mut snap.prefetched) {
+                self.burst(now);
             }
+            return Ok(data);
         }
         // xpud gone after init: an internal driver error, not a device fault.
-        let snap: Arc<Telemetry> = Arc::new(self.conn.get("/v1/telemetry").map_err(|_| NVML_ERROR_UNKNOWN)?);
-        self.snapshot = Some((Instant::now(), snap.clone()));
-        Ok(snap)
+        let data: Arc<Telemetry> = Arc::new(self.conn.get("/v1/telemetry").map_err(|_| NVML_ERROR_UNKNOWN)?);
+        self.snapshot = Some(Snapshot { at: Instant::now(), data: data.clone(), prefetched: false });
+        self.burst(now);
+        Ok(data)
+    }
+
+    fn burst(&mut self, now: Instant) {
+        if let (Some(prefetcher), Some(at)) =
+            (&self.prefetcher, self.cadence.burst(now, self.ttl / PREFETCH_LEAD_SHARE))
+        {
+            prefetcher.schedule(at);
+        }
     }
 
     /// The live reading of visible device `i`; GPU_IS_LOST when xpud reports it lost.
