@@ -114,3 +114,35 @@ fn next_due(shared: &Shared) -> Option<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEAD: Duration = Duration::from_millis(50);
+
+    fn bursts(gaps_ms: &[u64]) -> Vec<Option<Duration>> {
+        let start = Instant::now();
+        let mut cadence = Cadence::default();
+        let mut at = start;
+        let mut plans = vec![cadence.burst(at, LEAD).map(|due| due - start)];
+        for gap in gaps_ms {
+            at += Duration::from_millis(*gap);
+            plans.push(cadence.burst(at, LEAD).map(|due| due - start));
+        }
+        plans
+    }
+
+    #[test]
+    fn a_steady_loop_is_fetched_for_just_before_its_next_burst() {
+        let ms = Duration::from_millis;
+        assert_eq!(bursts(&[1000, 1000, 1000]), [None, None, Some(ms(2950)), Some(ms(3950))]);
+    }
+
+    #[test]
+    fn irregular_fast_or_stopped_callers_get_no_prefetch() {
+        assert!(bursts(&[1000, 400, 1700]).iter().all(Option::is_none));
+        assert!(bursts(&[100, 100, 100]).iter().all(Option::is_none)); // the cache serves these
+        assert!(bursts(&[120_000, 120_000]).iter().all(Option::is_none));
+    }
+}

@@ -55,3 +55,46 @@ pub fn select(devices: &[DeviceInfo], env: impl Fn(&str) -> Option<String>) -> V
     }
     chosen
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devices() -> Vec<DeviceInfo> {
+        (0..4)
+            .map(|i| DeviceInfo {
+                index: i,
+                uuid: format!("XPU-{i}{i}{i}{i}-aaaa"),
+                product: "X".into(),
+                family: "x1".into(),
+                max_clock_mhz: 1,
+                link_group: 0,
+                numa_node: 0,
+                slowdown_celsius: None,
+                shutdown_celsius: None,
+            })
+            .collect()
+    }
+
+    fn view(vars: &[(&str, &str)]) -> Vec<usize> {
+        select(&devices(), |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn container_variables_name_devices_by_index_or_uuid() {
+        assert_eq!(view(&[]), [0, 1, 2, 3]);
+        assert_eq!(view(&[("XPU_VISIBLE_DEVICES", "XPU-3333-aaaa::2, 1,1")]), [3, 1]);
+        assert_eq!(view(&[("XPU_VISIBLE_DEVICES", "void")]), Vec::<usize>::new());
+        assert_eq!(view(&[("NVIDIA_VISIBLE_DEVICES", "2,9")]), [2]);
+        assert_eq!(view(&[("XPU_VISIBLE_DEVICES", "0"), ("NVIDIA_VISIBLE_DEVICES", "2")]), [0]);
+    }
+
+    #[test]
+    fn cuda_narrows_by_position_and_stops_at_the_first_bad_entry() {
+        assert_eq!(view(&[("XPU_VISIBLE_DEVICES", "3,2,1"), ("CUDA_VISIBLE_DEVICES", "2,0")]), [1, 3]);
+        assert_eq!(view(&[("CUDA_VISIBLE_DEVICES", "1,7,0")]), [1]);
+        assert_eq!(view(&[("CUDA_VISIBLE_DEVICES", "XPU-2")]), [2]);
+        assert_eq!(view(&[("CUDA_VISIBLE_DEVICES", "XPU-")]), Vec::<usize>::new()); // ambiguous
+        assert_eq!(view(&[("CUDA_VISIBLE_DEVICES", "")]), Vec::<usize>::new());
+    }
+}

@@ -290,3 +290,23 @@ impl EventStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_and_heads_parse() {
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                     5;x=y\r\nhello\r\n1\r\n!\r\n0\r\n\r\n";
+        let mut reader = &wire[..];
+        let head = read_head(&mut reader).unwrap();
+        assert!(head.status == 200 && head.chunked && head.close && head.length.is_none());
+        assert_eq!(read_chunk(&mut reader).unwrap().unwrap(), b"hello");
+        assert_eq!(read_chunk(&mut reader).unwrap().unwrap(), b"!");
+        assert!(read_chunk(&mut reader).unwrap().is_none());
+        assert!(reader.is_empty());
+        assert!(read_chunk(&mut &b"zz\r\n"[..]).is_err());
+        assert!(read_head(&mut &b""[..]).is_err());
+    }
+}
