@@ -452,3 +452,30 @@ def test_concurrent_queries_and_event_waits(nvml: Any, manual_xpud8: XpudProcess
     nvml.nvmlEventSetFree(event_set)
     assert not errors
     assert got == [31]
+
+
+def test_events_and_queries_survive_an_xpud_restart(nvml: Any, manual_xpud8: XpudProcess) -> None:
+    h = nvml.nvmlDeviceGetHandleByIndex(2)
+    event_set = nvml.nvmlEventSetCreate()
+    try:
+        nvml.nvmlDeviceRegisterEvents(h, XID, event_set)
+        manual_xpud8.restart()
+        # The stream reconnects on its own schedule: inject until one fault is delivered.
+        with manual_xpud8.client() as client:
+            for _ in range(40):
+                client.inject_fault(api.FaultRequest(device="2", code=13))
+                try:
+                    event = nvml.nvmlEventSetWait(event_set, 250)
+                    break
+                except nvml.NVMLError_Timeout:
+                    continue
+            else:
+                pytest.fail("no event arrived after xpud restarted")
+        assert (event.eventType, event.eventData, nvml.nvmlDeviceGetIndex(event.device)) == (
+            XID,
+            13,
+            2,
+        )
+        assert nvml.nvmlDeviceGetMemoryInfo(h).total == PROFILE.memory_bytes
+    finally:
+        nvml.nvmlEventSetFree(event_set)
