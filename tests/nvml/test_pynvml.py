@@ -150,6 +150,40 @@ def test_every_reading_of_every_device_matches_xpu_smi(
     assert smi["devices"][1]["ecc_corrected_total"] == 1
 
 
+def test_system_queries_and_fixed_answers(nvml: Any, manual_xpud8: XpudProcess) -> None:
+    load(manual_xpud8)
+    driver = xpu_smi_json(manual_xpud8.socket)["driver_version"]
+    assert nvml.nvmlSystemGetNVMLVersion() == f"13.{driver}"
+    assert (
+        nvml.nvmlSystemGetCudaDriverVersion() == nvml.nvmlSystemGetCudaDriverVersion_v2() == 13000
+    )
+    assert nvml.nvmlSystemGetProcessName(os.getpid()) == "nvml-load"
+    with pytest.raises(nvml.NVMLError_NotFound):
+        nvml.nvmlSystemGetProcessName(0x7FFF_FFFF)
+    assert nvml.nvmlUnitGetCount() == 0
+    busy, idle = nvml.nvmlDeviceGetHandleByIndex(2), nvml.nvmlDeviceGetHandleByIndex(0)
+    assert nvml.nvmlDeviceGetPowerState(busy) == nvml.nvmlDeviceGetPerformanceState(busy) == 0
+    assert nvml.nvmlDeviceGetPowerState(idle) == 8
+    assert nvml.nvmlDeviceGetTemperatureV(busy, nvml.NVML_TEMPERATURE_GPU) == (
+        nvml.nvmlDeviceGetTemperature(busy, nvml.NVML_TEMPERATURE_GPU)
+    )
+    max_sm = nvml.nvmlDeviceGetMaxClockInfo(busy, nvml.NVML_CLOCK_SM)
+    assert max_sm == PROFILE.max_clock_mhz
+    assert nvml.nvmlDeviceGetApplicationsClock(busy, nvml.NVML_CLOCK_SM) == max_sm
+    assert nvml.nvmlDeviceGetMaxCustomerBoostClock(busy, nvml.NVML_CLOCK_SM) == max_sm
+    assert nvml.nvmlDeviceGetSupportedClocksEventReasons(busy) == 0x1 | 0x8 | 0x40
+    assert nvml.nvmlDeviceGetPowerManagementMode(busy) == nvml.NVML_FEATURE_ENABLED
+    assert nvml.nvmlDeviceGetNumFans(busy) == 0
+    assert nvml.nvmlDeviceIsMigDeviceHandle(busy).value == 0  # pynvml returns the c_uint
+    assert nvml.nvmlDeviceGetMPSComputeRunningProcesses(busy) == []
+    assert len(nvml.nvmlDeviceGetSerial(busy)) == 13
+    pci = nvml.nvmlDeviceGetPciInfo(busy)
+    assert (pci.domain, pci.bus, pci.device, pci.busId) == (0, 1, 2, "00000000:01:02.0")
+    for i in (0, 4):
+        mask = nvml.nvmlDeviceGetMemoryAffinity(nvml.nvmlDeviceGetHandleByIndex(i), 1, 0)
+        assert mask[0] == 1 << PROFILE.numa_node_of(i)
+
+
 def test_cpu_affinity_and_nearest_devices_follow_the_profile(nvml: Any) -> None:
     online = set(range(os.cpu_count() or 1))
     seen: list[set[int]] = []
