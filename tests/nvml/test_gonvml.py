@@ -18,7 +18,8 @@ from openxpu_runtime.testing import XpudProcess
 
 from .conftest import nvml_subprocess_env, xpu_smi, xpu_smi_json
 
-pytestmark = pytest.mark.integration
+# The first run builds go-nvml with cgo (about a minute on two busy cores); later runs link.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 SOURCE = Path(__file__).parent / "gonvml"
 # Go's usual install path, for shells whose PATH lacks it.

@@ -11,7 +11,8 @@ import pytest
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.integration
+# The first run compiles the crate and its dependencies for tests.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_rust_unit_tests_pass() -> None:
