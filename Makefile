@@ -2,8 +2,12 @@
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PY := .venv/bin/python
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo "$(HOME)/.cargo/bin/cargo")
+NVML_DIR := runtime/nvml
+# NVML's file name and soname, at a stable path: put $(NVML_DIR)/lib on LD_LIBRARY_PATH.
+NVML_LIB := $(NVML_DIR)/lib/libnvidia-ml.so.1
 
-.PHONY: setup demo test lint typecheck unit integration e2e bench clean
+.PHONY: setup nvml demo test lint typecheck unit integration e2e bench clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -12,7 +16,16 @@ $(UV):
 	$(UV) sync --all-packages --frozen 2>/dev/null || $(UV) sync --all-packages
 	touch $@
 
-setup: .venv/.synced
+$(NVML_LIB): $(NVML_DIR)/Cargo.toml $(NVML_DIR)/Cargo.lock $(NVML_DIR)/build.rs $(wildcard $(NVML_DIR)/src/*.rs)
+	@test -x "$(CARGO)" || { echo "make: cargo not found (install Rust: https://rustup.rs); needed for $@" >&2; exit 1; }
+	"$(CARGO)" build --release --locked --manifest-path $(NVML_DIR)/Cargo.toml
+	mkdir -p $(dir $@)
+	cp $(NVML_DIR)/target/release/libnvidia_ml.so $@.tmp && mv $@.tmp $@
+	ln -sf libnvidia-ml.so.1 $(dir $@)libnvidia-ml.so
+
+nvml: $(NVML_LIB)
+
+setup: .venv/.synced $(NVML_LIB)
 
 lint: setup
 	$(UV) run --no-sync ruff check .
