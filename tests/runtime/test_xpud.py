@@ -179,11 +179,24 @@ def test_bad_requests_get_clear_4xx_and_xpud_stays_up(xpud: XpudProcess) -> None
             c.launch(ctx3, "3", 1)
     raw = httpx.Client(transport=httpx.HTTPTransport(uds=str(xpud.socket)), base_url="http://x")
     with raw:
-        for body in (b"{not json", b"[]", b'{"pid": "x"}', b'{"pid":1,"name":"a","devices":[]}'):
-            r = raw.post("/v1/contexts", content=body, headers={"content-type": "application/json"})
-            assert r.status_code == 422, body
-        assert raw.get("/v1/nope").status_code == 404
-        assert raw.delete("/v1/faults/0?code=abc").status_code == 422
+        answers = [
+            raw.post("/v1/contexts", content=body, headers={"content-type": "application/json"})
+            for body in (b"{not json", b"[]", b'{"pid": "x"}', b'{"pid":1,"name":"a","devices":[]}')
+        ]
+        answers.append(raw.delete("/v1/faults/0?code=abc"))
+        for r in answers:
+            assert r.status_code == 422
+            # One error shape for every error, the framework's request checks included.
+            assert list(r.json()) == ["error"] and r.json()["error"]["code"] == "invalid_argument"
+        assert "body.pid: Input should be a valid integer" in answers[2].json()["error"]["message"]
+        assert "query.code:" in answers[4].json()["error"]["message"]
+        assert list(raw.get("/v1/nope").json()) == ["error"]
+        documented = raw.get("/openapi.json").json()
+        assert "HTTPValidationError" not in documented["components"]["schemas"]
+        post_context = documented["paths"]["/v1/contexts"]["post"]["responses"]
+        assert post_context["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/ErrorResponse"
+        )
     with xpud.client() as c:
         assert c.version().api == "v1"
 

@@ -59,6 +59,14 @@ def check_version(version: str) -> str:
     return version
 
 
+def is_xpud(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return pid != os.getpid() and XPUD_MODULE.encode() in cmdline
+
+
 class Installed(TypedDict):
     version: str
     installed_at: float
@@ -103,12 +111,9 @@ class Driver:
         namespaces differ, and "1" would name the new container's own first process."""
         try:
             pid = int(self.pidfile.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (FileNotFoundError, ValueError):
             return None
-        if pid == os.getpid() or XPUD_MODULE.encode() not in cmdline:
-            return None
-        return pid
+        return pid if is_xpud(pid) else None
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -118,10 +123,12 @@ class Driver:
             return
         os.kill(pid, signal.SIGTERM)  # xpud saves its state on the way out
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        # Wait for the process, not its pid file: xpud removes that before it exits, and
+        # holds the state lock until it has (the next xpud would find it taken).
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):  # reap it if it is our child
                 os.waitpid(pid, os.WNOHANG)
-            if self.running_pid() != pid:  # gone, or a zombie (its cmdline is empty)
+            if not is_xpud(pid):  # gone, or a zombie (its cmdline is empty, its files closed)
                 break
             time.sleep(0.05)
         else:

@@ -162,7 +162,7 @@ def load_profile(spec: str, count: int | None = None) -> Profile:
             raise ProfileError(f"no built-in profile {spec!r} (known: {known}) and no such file")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProfileError(f"{path}: not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ProfileError(f"{path}: a profile is a JSON object")

@@ -7,21 +7,24 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openxpu_runtime import __version__, api
 from openxpu_runtime.clock import ManualClock
 from openxpu_runtime.engine import Engine
-from openxpu_runtime.errors import FailedPrecondition, XpuError
+from openxpu_runtime.errors import FailedPrecondition, InvalidArgument, XpuError, describe_problems
 
 # A stream whose reader falls this far behind is closed; the reader reconnects and gets a
 # fresh snapshot instead of a stale backlog.
 STREAM_BACKLOG = 4096
 STREAM_KEEPALIVE_SECONDS = 10.0
 
+# Every error, ours or the framework's, has one shape. 422: the request does not match the
+# schema (FastAPI's status for it, kept); 400: it matches but makes no sense.
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": api.ErrorResponse} for code in (400, 404, 409)
+    code: {"model": api.ErrorResponse} for code in (400, 404, 409, 422)
 }
 
 
@@ -47,6 +50,12 @@ def create_app(engine: Engine) -> FastAPI:
         error = api.ErrorBody(code=exc.code, message=exc.message, device_uuid=exc.device_uuid)
         body = api.ErrorResponse(error=error)
         return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message = f"invalid request: {describe_problems(exc.errors())}"
+        body = api.ErrorResponse(error=api.ErrorBody(code=InvalidArgument.code, message=message))
+        return JSONResponse(body.model_dump(), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

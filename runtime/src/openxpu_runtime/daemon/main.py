@@ -75,7 +75,10 @@ def _node_name(text: str) -> str:
 
 
 def _file_mode(text: str) -> int:
-    mode = int(text, 8)
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"{text!r} is not a file mode like 0660")
     return mode
