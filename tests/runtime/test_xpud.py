@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -267,3 +268,22 @@ def test_a_clean_stop_leaves_no_socket_or_pid_file(xpud: XpudProcess) -> None:
     assert xpud.socket.stat().st_mode & 0o777 == 0o666, "the mode xpud sets, not an accident"
     assert xpud.stop() == 0
     assert not xpud.socket.exists() and not pidfile.exists()
+
+
+def test_a_start_that_fails_leaves_no_xpud_running(short_root: Path) -> None:
+    proc = XpudProcess(short_root)
+    with pytest.raises(RuntimeError, match="did not answer"):
+        proc.start(timeout=0)  # gives up before xpud can have bound its socket
+    still_running = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and str(short_root).encode() in _cmdline(pid)
+    ]
+    assert still_running == []
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""

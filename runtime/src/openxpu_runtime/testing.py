@@ -56,8 +56,11 @@ class XpudProcess:
         assert self.proc is not None
         try:
             wait_until_answering(self.socket, self.proc.poll, timeout)
-        except Unreachable as exc:
-            raise RuntimeError(f"{exc}: {self.log_tail()}") from None
+        except BaseException as exc:
+            self.stop()  # the caller gets no handle on a failed start: leave nothing running
+            if isinstance(exc, Unreachable):
+                raise RuntimeError(f"{exc}: {self.log_tail()}") from None
+            raise
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
