@@ -13,11 +13,11 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -96,8 +96,23 @@ class Spec(BaseModel):
     )
 
 
+_LABEL_MESSAGE = (
+    "every key must be a label name (prefix/name) and every value a label value "
+    "(63 characters at most, alphanumeric at both ends)"
+)
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        ok_key = len(key) <= 316 and re.match(LABEL_KEY_RE, key)
+        if not ok_key or len(value) > 63 or not re.match(LABEL_VALUE_RE, value):
+            raise ValueError(f"{key}={value}: {_LABEL_MESSAGE}")
+    return labels
+
+
 LabelMap = Annotated[
     dict[str, str],
+    AfterValidator(_check_labels),
     Field(
         json_schema_extra={
             "maxProperties": 64,
@@ -105,8 +120,7 @@ LabelMap = Annotated[
                 cel(
                     f"self.all(k, k.size() <= 316 && k.matches('{LABEL_KEY_RE}') "
                     f"&& self[k].size() <= 63 && self[k].matches('{LABEL_VALUE_RE}'))",
-                    "every key must be a label name (prefix/name) and every value a label "
-                    "value (63 characters at most, alphanumeric at both ends)",
+                    _LABEL_MESSAGE,
                 )
             ),
         }
@@ -226,32 +240,30 @@ class UpdateStrategyType(StrEnum):
     ON_DELETE = "OnDelete"
 
 
-# An int or a percentage, as Kubernetes writes maxUnavailable: the schema must say
-# x-kubernetes-int-or-string (no `type`), or the API server calls it non-structural.
-IntOrPercent = Annotated[
-    int | str,
-    WithJsonSchema(
-        {
-            "x-kubernetes-int-or-string": True,
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            **rules(
-                cel(
-                    f"type(self) == int ? self >= 0 : self.matches('{PERCENT_RE}')",
-                    "must be a count >= 0 or a percentage from 0% to 100%",
-                )
-            ),
-        }
-    ),
-]
+def _int_or_percent_message(field: str) -> str:
+    return f"{field} must be a count >= 0 or a percentage from 0% to 100%"
 
 
-def _check_int_or_percent(value: int | str) -> int | str:
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must be a count >= 0 or a percentage from 0% to 100%")
-    elif not re.match(PERCENT_RE, value):
-        raise ValueError("must be a count >= 0 or a percentage from 0% to 100%")
-    return value
+def int_or_percent(field: str) -> dict[str, Any]:
+    """Schema of an int or a percentage, as Kubernetes writes maxUnavailable. It must say
+    x-kubernetes-int-or-string (and no `type`), or the API server calls it non-structural."""
+    return {
+        "x-kubernetes-int-or-string": True,
+        **rules(
+            cel(
+                f"type(self) == int ? self >= 0 : self.matches('{PERCENT_RE}')",
+                _int_or_percent_message(field),
+            )
+        ),
+    }
+
+
+def _check_int_or_percent(value: int | str, field: str) -> int | str:
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and re.match(PERCENT_RE, value):
+        return value
+    raise ValueError(_int_or_percent_message(field))
 
 
 class DaemonSetsSpec(Spec):
@@ -281,16 +293,17 @@ class DaemonSetsSpec(Spec):
         description="Update strategy of operand DaemonSets other than the driver: "
         "RollingUpdate or OnDelete.",
     )
-    max_unavailable: IntOrPercent = Field(
+    max_unavailable: int | str = Field(
         default=1,
         description="With RollingUpdate: how many (or what percentage of) nodes may update "
         "an operand at once.",
+        json_schema_extra=int_or_percent("daemonsets.maxUnavailable"),
     )
 
     @field_validator("max_unavailable")
     @classmethod
     def _max_unavailable(cls, value: int | str) -> int | str:
-        return _check_int_or_percent(value)
+        return _check_int_or_percent(value, "daemonsets.maxUnavailable")
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -344,10 +357,11 @@ class UpgradePolicySpec(Spec):
     max_parallel_upgrades: int = Field(
         default=1, ge=0, description="Nodes upgraded at once; 0 means no limit."
     )
-    max_unavailable: IntOrPercent = Field(
+    max_unavailable: int | str = Field(
         default="25%",
         description="XPU nodes that may be unavailable during upgrades: a count or a "
         "percentage of XPU nodes.",
+        json_schema_extra=int_or_percent("driver.upgradePolicy.maxUnavailable"),
     )
     wait_for_completion: WaitForCompletionSpec = Field(
         default_factory=WaitForCompletionSpec,
@@ -364,7 +378,7 @@ class UpgradePolicySpec(Spec):
     @field_validator("max_unavailable")
     @classmethod
     def _max_unavailable(cls, value: int | str) -> int | str:
-        return _check_int_or_percent(value)
+        return _check_int_or_percent(value, "driver.upgradePolicy.maxUnavailable")
 
 
 class DriverSpec(Spec):
@@ -401,7 +415,7 @@ class DriverSpec(Spec):
     @classmethod
     def _version(cls, value: str) -> str:
         if not re.match(VERSION_RE, value):
-            raise ValueError("driver.version must be a version such as 1.2.3 or 1.2.3-rc.1")
+            raise ValueError("must be a version such as 1.2.3 or 1.2.3-rc.1")
         return value
 
 
@@ -434,7 +448,7 @@ class CdiSpec(Spec):
     @model_validator(mode="after")
     def _default_needs_enabled(self) -> CdiSpec:
         if self.default and not self.enabled:
-            raise ValueError("default: cdi.default requires cdi.enabled")
+            raise ValueError("default: requires cdi.enabled")
         return self
 
 
@@ -511,9 +525,9 @@ class PluginFlags(Spec):
     @classmethod
     def _resource(cls, value: str) -> str:
         if not re.match(RESOURCE_RE, value):
-            raise ValueError("resourceName must be an extended resource name like openxpu.io/xpu")
+            raise ValueError("must be an extended resource name like openxpu.io/xpu")
         if value.split("/", 1)[0] in ("kubernetes.io", "k8s.io"):
-            raise ValueError("resourceName: the kubernetes.io and k8s.io domains are reserved")
+            raise ValueError("the kubernetes.io and k8s.io domains are reserved")
         return value
 
     @field_validator("device_list_strategy")
@@ -567,8 +581,8 @@ class TimeSlicing(Spec):
     def _sharing_needs_replicas(self) -> TimeSlicing:
         if self.replicas < 2 and (self.rename_by_default or self.fail_requests_greater_than_one):
             raise ValueError(
-                "replicas: sharing.timeSlicing.replicas must be at least 2 when "
-                "renameByDefault or failRequestsGreaterThanOne is set"
+                "replicas: must be at least 2 when renameByDefault or "
+                "failRequestsGreaterThanOne is set"
             )
         return self
 
@@ -697,7 +711,7 @@ class ExporterSpec(Spec):
     @classmethod
     def _refresh(cls, value: str) -> str:
         if parse_duration(value) > 300:
-            raise ValueError("exporter.refreshInterval must be a duration from 0s to 5m, like 1s")
+            raise ValueError("must be a duration from 0s to 5m, like 1s")
         return value
 
     @property
@@ -794,10 +808,24 @@ class EmulationProfile(Spec):
     )
     numa_nodes: int | None = Field(default=None, ge=1, le=64, description="NUMA nodes.")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> EmulationProfile:
+        if self.base not in BUILTIN:
+            raise ValueError(f"base: must be a built-in profile: {', '.join(BUILTIN_PROFILES)}")
+        tdp, idle = self.tdp_watts, self.idle_watts
+        if tdp is not None and idle is not None and tdp <= idle:
+            raise ValueError("tdpWatts: must exceed idleWatts")
+        if self.devices and self.link_groups and self.devices % self.link_groups:
+            raise ValueError("devices: must be a multiple of linkGroups")
+        try:
+            self.resolve("custom")
+        except ProfileError as exc:
+            # A field changed against the base's values, e.g. tdpWatts below its idleWatts.
+            raise ValueError(f"{exc} (after applying the changes to base {self.base})") from None
+        return self
+
     def resolve(self, name: str) -> Profile:
         """The runtime's profile this describes (checked as xpud will check it)."""
-        if self.base not in BUILTIN:
-            raise ProfileError(f"base must be a built-in profile: {', '.join(BUILTIN_PROFILES)}")
         changes = {
             "name": name,
             "product": self.product,
@@ -838,7 +866,12 @@ class NodePool(Spec):
         return value
 
 
-_PROFILE_REF = "{n} in " + _builtin_list() + " || (has(self.profiles) && {n} in self.profiles)"
+def _profile_ref(name: str, emulation: str = "self") -> str:
+    """CEL: `name` is a built-in profile or one defined in the emulation section."""
+    return (
+        f"{name} in {_builtin_list()} || "
+        f"(has({emulation}.profiles) && {name} in {emulation}.profiles)"
+    )
 
 
 class EmulationSpec(Spec):
@@ -849,13 +882,13 @@ class EmulationSpec(Spec):
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "self.nodePools.all(p, " + _PROFILE_REF.format(n="p.profile") + ")",
+                "self.nodePools.all(p, " + _profile_ref("p.profile") + ")",
                 "emulation.nodePools[].profile must name a profile in emulation.profiles or "
                 f"a built-in one ({', '.join(BUILTIN_PROFILES)})",
                 ".nodePools",
             ),
             cel(
-                _PROFILE_REF.format(n="self.defaultProfile"),
+                _profile_ref("self.defaultProfile"),
                 "emulation.defaultProfile must name a profile in emulation.profiles or a "
                 f"built-in one ({', '.join(BUILTIN_PROFILES)})",
                 ".defaultProfile",
@@ -896,15 +929,11 @@ class EmulationSpec(Spec):
     @model_validator(mode="after")
     def _references(self) -> EmulationSpec:
         known = self.known_profiles()
-        for name, profile in self.profiles.items():
+        for name in self.profiles:
             if not re.match(PROFILE_NAME_RE, name) or len(name) > PROFILE_NAME_MAX:
                 raise ValueError(f"profiles: {name!r} is not a DNS label of at most 40 characters")
             if name in BUILTIN:
                 raise ValueError(f"profiles: {name!r} is a built-in profile name")
-            try:
-                profile.resolve(name)
-            except ProfileError as exc:
-                raise ValueError(f"profiles.{name}: {exc}") from None
         builtins = ", ".join(BUILTIN_PROFILES)
         for pool in self.node_pools:
             if pool.profile not in known:
@@ -941,9 +970,7 @@ class XPUClusterPolicySpec(Spec):
         json_schema_extra=rules(
             cel(
                 "!has(self.driver) || !has(self.driver.profile) || "
-                + _PROFILE_REF.format(n="self.driver.profile").replace(
-                    "self.profiles", "self.emulation.profiles"
-                ),
+                + _profile_ref("self.driver.profile", "self.emulation"),
                 "driver.profile must name a profile in emulation.profiles or a built-in one "
                 f"({', '.join(BUILTIN_PROFILES)})",
                 ".driver.profile",
@@ -1000,7 +1027,7 @@ class XPUClusterPolicySpec(Spec):
         strategies = self.device_plugin.config.flags.device_list_strategy
         if DeviceListStrategy.CDI in strategies and not self.cdi.enabled:
             raise ValueError(
-                "devicePlugin.config.flags.deviceListStrategy may list cdi only when "
+                "devicePlugin.config.flags.deviceListStrategy: may list cdi only when "
                 "cdi.enabled is true"
             )
         return self
@@ -1134,9 +1161,18 @@ def load_policy(data: object) -> XPUClusterPolicy:
         raise PolicyError(describe(exc)) from None
 
 
+# A model-level check names its field first ("replicas: must be ..."); joined to the model's
+# location it reads like a field-level error: spec.devicePlugin....timeSlicing.replicas: ...
+_FIELD_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)*): ")
+
+
 def describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        m = _FIELD_PREFIX.match(msg)
+        if m:
+            loc, msg = f"{loc}.{m.group(1)}" if loc else m.group(1), msg[m.end() :]
+        problems.append(f"{loc or '(top level)'}: {msg}")
     return "invalid XPUClusterPolicy: " + "; ".join(problems)
