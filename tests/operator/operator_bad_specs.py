@@ -170,9 +170,9 @@ BAD_SPECS: list[BadSpec] = [
         "spec.driver.imagePullPolicy",
     ),
     BadSpec(
-        "nodeSelector key that is no label name",
-        {"nodeSelector": {"not a label": "true"}},
-        "spec.nodeSelector",
+        "nodeSelector value that is no label value",
+        {"nodeSelector": {"openxpu.io/xpu.capable": "yes please"}},
+        "spec.nodeSelector.openxpu.io/xpu.capable",
     ),
     BadSpec(
         "feature discovery interval below 5s",

@@ -71,6 +71,8 @@ def test_schema_is_structural() -> None:
         )
         assert not ("properties" in node and "additionalProperties" in node), path
         assert node.get("additionalProperties") is not False, path
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(flag, False), bool), path
 
 
 def test_every_spec_and_status_field_is_described() -> None:

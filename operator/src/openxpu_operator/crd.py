@@ -94,6 +94,10 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         return _resolve(node, defs)
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        # JSON Schema 2020 writes `exclusiveMinimum: 0`; OpenAPI 3.0 (Kubernetes) a flag.
+        if not isinstance(node.get(bound, True), bool):
+            node[limit], node[bound] = node[bound], True
     for key in _DROP:
         node.pop(key, None)
     if isinstance(node.get("additionalProperties"), bool):
