@@ -7,6 +7,8 @@ Regenerate the golden files after an intended change with
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ import yaml
 
 from openxpu_operator.policy import XPUClusterPolicy, load_policy
 from openxpu_operator.render import (
+    KINDS,
     OPERANDS,
     RenderContext,
     RenderError,
     _environment,
+    object_path,
     render_operands,
     to_yaml,
 )
@@ -139,6 +143,13 @@ def test_least_privilege_only_the_driver_is_privileged(variant: str) -> None:
             assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
             assert sc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
         assert pod.get("hostNetwork") is not True and pod.get("hostPID") is not True
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_kind_is_known_and_namespaced_as_declared(variant: str) -> None:
+    for _, obj in _objects(VARIANTS[variant]):
+        _, namespaced = KINDS[(obj["apiVersion"], obj["kind"])]
+        assert ("namespace" in obj["metadata"]) == namespaced, object_path(obj)
 
 
 def test_disabled_operands_render_nothing() -> None:
@@ -267,3 +278,39 @@ def test_owner_needs_a_uid() -> None:
     no_uid = load_policy({"metadata": {"name": "p"}, "spec": {}})
     with pytest.raises(RenderError, match=r"metadata\.uid"):
         render_operands(no_uid)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "openxpu_operator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_render_prints_the_golden_render(tmp_path: Path) -> None:
+    f = tmp_path / "policy.yaml"
+    f.write_text(yaml.safe_dump({"metadata": {"name": "cluster-policy"}, "spec": {}}))
+    r = _cli("render", str(f), "--uid", UID, *(a for n in NODES for a in ("--node", n)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (GOLDEN / "defaults.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("spec: {driver: {version: latest}}", "spec.driver.version: must be a version"),
+        ("spec: [", "not valid YAML"),
+        ("- a list", "not an XPUClusterPolicy object"),
+    ],
+)
+def test_cli_render_refuses_bad_input_in_one_line(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    f = tmp_path / "policy.yaml"
+    f.write_text(content)
+    r = _cli("render", str(f))
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -300,6 +300,30 @@ def render_operands(
     return [render_operand(o, policy, context) for o in OPERANDS]
 
 
+# Every kind the templates render: its resource name and whether it is namespaced. The
+# operator's RBAC covers exactly these (and a template of another kind fails a unit test).
+KINDS: dict[tuple[str, str], tuple[str, bool]] = {
+    ("v1", "ConfigMap"): ("configmaps", True),
+    ("v1", "Service"): ("services", True),
+    ("v1", "ServiceAccount"): ("serviceaccounts", True),
+    ("apps/v1", "DaemonSet"): ("daemonsets", True),
+    ("batch/v1", "Job"): ("jobs", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ("servicemonitors", True),
+}
+
+
+def object_path(obj: Mapping[str, Any]) -> str:
+    """The API path of a rendered object, e.g. /apis/apps/v1/namespaces/openxpu/daemonsets/x."""
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    resource, namespaced = KINDS[(api_version, kind)]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    meta = obj["metadata"]
+    where = f"/namespaces/{meta['namespace']}" if namespaced else ""
+    return f"{base}{where}/{resource}/{meta['name']}"
+
+
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (scripts, config files) as literal blocks, readable in a diff."""
 
