@@ -14,7 +14,7 @@ import pytest
 import yaml
 from operator_bad_specs import BAD_SPECS, BadSpec
 
-from openxpu_operator.crd import CRD_FILE, crd, crd_yaml
+from openxpu_operator.crd import CRD_FILE, crd, crd_yaml, field_reference
 from openxpu_operator.policy import PolicyError, XPUClusterPolicySpec, load_policy
 
 pytestmark = pytest.mark.unit
@@ -137,3 +137,12 @@ def test_empty_spec_gets_every_default() -> None:
     assert spec.device_plugin.config.flags.resource_name == "openxpu.io/xpu"
     assert spec.exporter.refresh_seconds == 1.0
     assert spec.profiles_in_use() == ["x1-2"]
+
+
+def test_docs_field_reference_matches_the_schema() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "operator.md").read_text()
+    begin, end = "<!-- BEGIN field reference -->\n", "<!-- END field reference -->"
+    copy = doc[doc.index(begin) + len(begin) : doc.index(end)]
+    assert copy == field_reference(), (
+        "docs/operator.md's field reference drifted: paste openxpu_operator.crd.field_reference()"
+    )

@@ -198,3 +198,70 @@ def crd_yaml() -> str:
         "# A unit test (tests/operator/test_operator_crd.py) fails when this file drifts.\n"
     )
     return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def _type_of(node: dict[str, Any]) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "int or string"
+    kind = str(node.get("type", "object"))
+    if kind == "array":
+        return f"list of {_type_of(node.get('items', {}))}"
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        return f"map of {_type_of(node['additionalProperties'])}"
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" for v in node["enum"])
+    return kind
+
+
+def _reference_rows(node: dict[str, Any], path: str) -> list[str]:
+    rows = []
+    for name, child in node.get("properties", {}).items():
+        here = f"{path}.{name}"
+        default = child.get("default")
+        shown = "" if default is None or default == {} else f"`{_compact(default)}`"
+        description = str(child.get("description", "")).replace("\n", " ").replace("|", "\\|")
+        rows.append(f"| `{here}` | {_type_of(child)} | {shown} | {description} |")
+        inner = child
+        if child.get("type") == "array":
+            inner = child.get("items", {})
+            here += "[]"
+        elif isinstance(child.get("additionalProperties"), dict):
+            inner = child["additionalProperties"]
+            here += ".<name>"
+        rows.extend(_reference_rows(inner, here))
+    return rows
+
+
+def _compact(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("...").strip()
+
+
+def _rules(node: dict[str, Any], path: str) -> list[str]:
+    rows = [
+        f"| `{path}{r.get('fieldPath', '')}` | {r['message']} |"
+        for r in node.get("x-kubernetes-validations", [])
+    ]
+    for name, child in node.get("properties", {}).items():
+        rows.extend(_rules(child, f"{path}.{name}"))
+    if isinstance(node.get("items"), dict):
+        rows.extend(_rules(node["items"], f"{path}[]"))
+    if isinstance(node.get("additionalProperties"), dict):
+        rows.extend(_rules(node["additionalProperties"], f"{path}.<name>"))
+    return rows
+
+
+def field_reference() -> str:
+    """The spec's fields as a Markdown table (docs/operator.md keeps a copy, checked by a
+    test), generated from the same schema as the CRD."""
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    head = "| field | type | default | description |\n| --- | --- | --- | --- |\n"
+    rules = "\n\nCEL rules (`x-kubernetes-validations`), checked at admission:\n\n"
+    rules += "| field | message when refused |\n| --- | --- |\n"
+    return (
+        head
+        + "\n".join(_reference_rows(spec, "spec"))
+        + rules
+        + "\n".join(_rules(spec, "spec"))
+        + "\n"
+    )

@@ -265,11 +265,9 @@ class DaemonSetsSpec(Spec):
     """Settings shared by every operand DaemonSet (the driver's update strategy is its own:
     always OnDelete, so driver upgrades go node by node through the upgrade controller)."""
 
-    labels: LabelMap = Field(
-        default_factory=dict, description="Labels added to every operand DaemonSet's pods."
-    )
+    labels: LabelMap = Field(default_factory=dict, description="Labels added to every operand pod.")
     annotations: AnnotationMap = Field(
-        default_factory=dict, description="Annotations added to every operand DaemonSet's pods."
+        default_factory=dict, description="Annotations added to every operand pod."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list,
@@ -1002,8 +1000,7 @@ class XPUClusterPolicySpec(Spec):
     )
     node_selector: LabelMap = Field(
         default_factory=dict,
-        description="Labels a node must carry to be an XPU node; empty selects every node "
-        "that is not a control-plane node.",
+        description="Labels a node must carry to be an XPU node; empty selects every node.",
     )
 
     @model_validator(mode="after")
