@@ -92,7 +92,6 @@ class Spec(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        use_attribute_docstrings=False,
     )
 
 
