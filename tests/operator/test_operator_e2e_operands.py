@@ -141,3 +141,20 @@ def test_operands_in_order_on_the_lab(lab_cluster: LabCluster, policy: dict[str,
     job = next(o for op in operands for o in op.objects if o["kind"] == "Job")
     log = lab.kubectl("logs", "-n", NAMESPACE, f"job/{job['metadata']['name']}").stdout
     assert log.strip(), "the validation workload printed nothing"
+
+    # A restarted driver removes the node's driver-ready barrier; the validator puts it
+    # back once the new driver answers, without being restarted itself.
+    validator_pods = _pods(lab, "app.kubernetes.io/name=openxpu-operator-validator")
+    lab.kubectl("delete", "pod", "-n", NAMESPACE, "-l", "app.kubernetes.io/name=openxpu-driver")
+    wait_for("the new driver pod Ready", lambda: _ready(lab, "openxpu-driver-lab"))
+    wait_for("the validator Ready again", lambda: _ready(lab, "openxpu-operator-validator"))
+    assert _pods(lab, "app.kubernetes.io/name=openxpu-operator-validator") == validator_pods
+    barrier = "/run/openxpu/validations/driver-ready"
+    lab.kubectl(
+        "exec", "-n", NAMESPACE, "ds/openxpu-operator-validator", "--", "test", "-f", barrier
+    )
+
+
+def _pods(lab: LabCluster, selector: str) -> list[str]:
+    out = lab.kubectl("get", "pod", "-n", NAMESPACE, "-l", selector, "-o", "name").stdout
+    return sorted(out.split())
