@@ -145,14 +145,34 @@ def test_operands_in_order_on_the_lab(lab_cluster: LabCluster, policy: dict[str,
     # A restarted driver removes the node's driver-ready barrier; the validator puts it
     # back once the new driver answers, without being restarted itself.
     validator_pods = _pods(lab, "app.kubernetes.io/name=openxpu-operator-validator")
-    lab.kubectl("delete", "pod", "-n", NAMESPACE, "-l", "app.kubernetes.io/name=openxpu-driver")
-    wait_for("the new driver pod Ready", lambda: _ready(lab, "openxpu-driver-lab"))
+    drivers = "app.kubernetes.io/name=openxpu-driver"
+    old_drivers = _pods(lab, drivers)
+    lab.kubectl("delete", "pod", "-n", NAMESPACE, "-l", drivers, "--wait")
+    wait_for(
+        "a new driver pod, Ready",
+        lambda: _pods(lab, drivers) not in ([], old_drivers) and _ready(lab, "openxpu-driver-lab"),
+    )
+    barrier = "/run/openxpu/validations/driver-ready"
+    wait_for(
+        "the validator to restore the barrier driver-ready",
+        lambda: (
+            lab.kubectl(
+                "exec",
+                "-n",
+                NAMESPACE,
+                "ds/openxpu-operator-validator",
+                "--",
+                "test",
+                "-f",
+                barrier,
+                check=False,
+            ).returncode
+            == 0
+        ),
+        timeout=60,
+    )
     wait_for("the validator Ready again", lambda: _ready(lab, "openxpu-operator-validator"))
     assert _pods(lab, "app.kubernetes.io/name=openxpu-operator-validator") == validator_pods
-    barrier = "/run/openxpu/validations/driver-ready"
-    lab.kubectl(
-        "exec", "-n", NAMESPACE, "ds/openxpu-operator-validator", "--", "test", "-f", barrier
-    )
 
 
 def _pods(lab: LabCluster, selector: str) -> list[str]:
