@@ -21,7 +21,11 @@ from openxpu_operator.render import OPERANDS, RenderContext, deploy_label, rende
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(COLD_START_TIMEOUT)]
 
-CRD = Path(__file__).parents[2] / "operator/deploy/crds/xpuclusterpolicies.openxpu.io.yaml"
+ROOT = Path(__file__).parents[2]
+CRD = ROOT / "operator/deploy/crds/xpuclusterpolicies.openxpu.io.yaml"
+# The hand-applied stack (`kubectl apply -f demo/stack/`) that a run of the stack's own e2e
+# or `make demo` may have left in the lab: its driver would run beside ours.
+DEMO_STACK = sorted(str(p) for p in (ROOT / "demo/stack").glob("[1-9]*.yaml"))
 NAMESPACE = "openxpu"
 DEVICES = 4
 SPEC = {
@@ -52,6 +56,8 @@ def _node_labels(lab: LabCluster) -> dict[str, str]:
 @pytest.fixture
 def policy(lab_cluster: LabCluster) -> Iterator[dict[str, Any]]:  # noqa: F811
     lab = lab_cluster
+    demo = [a for f in DEMO_STACK for a in ("-f", f)]
+    lab.kubectl("delete", *demo, "--ignore-not-found", "--wait", timeout=180)
     lab.kubectl("apply", "--server-side", "-f", str(CRD))
     lab.kubectl("wait", "--for=condition=Established", "crd/xpuclusterpolicies.openxpu.io")
     lab.kubectl("create", "namespace", NAMESPACE, check=False)
