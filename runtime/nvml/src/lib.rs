@@ -495,7 +495,10 @@ pub extern "C" fn nvmlDeviceGetTemperature(device: Handle, sensor: c_uint, temp:
         if sensor != TEMPERATURE_GPU {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
-        read(device, |_, t| put(temp, rounded(t.temperature_celsius)))
+        read(device, |_, t| {
+            let celsius = t.temperature_celsius.ok_or(NVML_ERROR_GPU_IS_LOST)?;
+            put(temp, rounded(celsius))
+        })
     })
 }
 

@@ -55,7 +55,8 @@ pub struct DeviceTelemetry {
     pub memory_total_bytes: u64,
     pub memory_used_bytes: u64,
     pub memory_free_bytes: u64,
-    pub temperature_celsius: f64,
+    /// None while the device is lost: xpud has no reading then.
+    pub temperature_celsius: Option<f64>,
     pub power_watts: f64,
     pub power_limit_watts: f64,
     pub energy_joules: f64,
