@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +229,194 @@ def test_a_stale_pid_file_never_names_another_process(short_root: Path) -> None:
     for stale in ("1", str(os.getpid()), "999999999", "garbage"):
         driver.pidfile.write_text(stale)
         assert driver.running_pid() is None, stale
+
+
+def spawn(tool: str, *args: str, socket: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", tool, *args],
+        env={**os.environ, "XPUD_SOCKET": str(socket)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    message = stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in message, stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["-l", "-1"], "-l/--loop: must be a finite number >= 0"),
+        (["-l", "nan"], "-l/--loop: must be a finite number >= 0"),
+        (["-l", "1", "--iterations", "-3"], "--iterations: must be a whole number >= 1"),
+        (
+            ["inject-fault", "-i", "0", "--code", "48", "--recover-after", "-5"],
+            "--recover-after: must be a finite number > 0",
+        ),
+        (
+            ["inject-fault", "-i", "0", "--code", "48", "--recover-after", "1e9"],
+            "recover_after_seconds",
+        ),
+    ],
+)
+def test_smi_refuses_bad_numbers_in_one_line(
+    argv: list[str], fragment: str, short_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from openxpu_runtime.smi import main
+
+    # Refused before any call: the socket need not exist.
+    try:
+        code = main(["--socket", str(short_root / "none.sock"), *argv])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, fragment)
+
+
+def test_smi_json_applies_to_processes(xpud: XpudProcess) -> None:
+    with xpud.client() as c:
+        ctx = c.open_context(api.ContextRequest(pid=4242, name="held", devices=["3"]))
+        c.allocate(ctx.id, "3", 7 * MIB)
+    for argv in (["--json", "processes"], ["processes", "--json"]):
+        listed = run("openxpu_runtime.smi", *argv, socket=xpud.socket)
+        assert listed.returncode == 0, listed.stderr
+        [only] = json.loads(listed.stdout)
+        assert only["pid"] == 4242 and only["devices"][0]["memory_used_bytes"] == 7 * MIB
+
+
+def test_smi_says_no_devices_were_found_like_nvidia_smi(short_root: Path) -> None:
+    empty = XpudProcess(short_root, "--profile", "x1-2", "--count", "0").start()
+    try:
+        for argv in ([], ["-q"]):
+            table = run("openxpu_runtime.smi", *argv, socket=empty.socket)
+            assert table.returncode == 6, table.stdout + table.stderr
+            assert table.stdout.strip() == "No devices were found"
+    finally:
+        empty.stop()
+
+
+def test_smi_in_a_closed_pipe_exits_quietly(xpud: XpudProcess) -> None:
+    """`xpu-smi --json -l 1 | head -1`: the reader leaves, xpu-smi stops without a word."""
+    smi = spawn("openxpu_runtime.smi", "--json", "-l", "0.05", socket=xpud.socket)
+    assert smi.stdout is not None and smi.stderr is not None
+    first = smi.stdout.readline()
+    assert json.loads(first)["devices"]
+    smi.stdout.close()
+    code = smi.wait(timeout=30)
+    err = smi.stderr.read()
+    smi.stderr.close()
+    assert code == 141, err  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+    assert err == ""
+
+
+def test_smi_events_survive_an_xpud_restart_and_say_why_they_stop(xpud: XpudProcess) -> None:
+    events = spawn("openxpu_runtime.smi", "events", "--reconnect-timeout", "8", socket=xpud.socket)
+    assert events.stdout is not None
+
+    def snapshot() -> list[dict[str, object]]:
+        assert events.stdout is not None
+        return [json.loads(events.stdout.readline()) for _ in range(8)]
+
+    try:
+        assert {e["type"] for e in snapshot()} == {"snapshot"}
+        xpud.restart()  # a clean stop ends the stream; the tool must come back
+        again = snapshot()
+        assert {e["type"] for e in again} == {"snapshot"}
+        assert sorted(e["device_index"] for e in again) == list(range(8))
+        xpud.stop()
+        code = events.wait(timeout=30)
+    finally:
+        events.kill()
+        err = events.communicate()[1]
+    assert code == 9, err
+    assert_one_line_error(err, "event stream", "within 8s")
+
+
+def test_a_plain_query_imports_no_http_or_validation_library(xpud: XpudProcess) -> None:
+    """What keeps `xpu-smi` under 0.2 s: httpx, pydantic and rich cost ~0.4 s to import."""
+    probe = (
+        "import sys\n"
+        "from openxpu_runtime.smi import main\n"
+        "for argv in ([], ['-q'], ['--json'], ['processes'], ['--json', 'processes']):\n"
+        "    assert main(argv) == 0, argv\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'httpx', 'pydantic', 'rich'})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "XPUD_SOCKET": str(xpud.socket)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stderr, result.stderr
+
+
+def start_burn(xpud: XpudProcess, *args: str) -> subprocess.Popen[str]:
+    """xpu-burn on every device of `xpud`, returned once its load is running."""
+    burn = spawn("openxpu_runtime.samples.burn", *args, socket=xpud.socket)
+    assert burn.stdout is not None
+    started = burn.stdout.readline()
+    assert "device(s) at" in started, started + burn.communicate(timeout=30)[1]
+    return burn
+
+
+def mean_utilization(xpud: XpudProcess, seconds: float) -> list[float]:
+    """Each device's utilization averaged over `seconds` of readings, 0.25 s apart."""
+    sums = [0.0] * 8
+    n = int(seconds / 0.25)
+    with xpud.client() as c:
+        for _ in range(n):
+            for d in c.telemetry().devices:
+                sums[d.index] += d.utilization_ratio
+            time.sleep(0.25)
+    return [s / n for s in sums]
+
+
+def test_burn_keeps_going_on_healthy_devices_when_one_is_lost(xpud: XpudProcess) -> None:
+    burn = start_burn(xpud, "--duration", "5", "--utilization", "0.9")
+    try:
+        time.sleep(1.0)
+        with xpud.client() as c:
+            c.inject_fault(api.FaultRequest(device="3", code=48))
+        busy = mean_utilization(xpud, 2.0)
+        assert burn.poll() is None, "xpu-burn stopped its load on every device"
+        out, err = burn.communicate(timeout=30)
+    finally:
+        burn.kill()
+    assert burn.returncode == 1, out + err
+    assert "XPU 3" in err and "Unhealthy" in err, err
+    assert "Traceback" not in err
+    assert all(u > 0.6 for i, u in enumerate(busy) if i != 3), busy
+    assert "lost XPU 3" in out.splitlines()[-1], out
+
+
+def test_burn_hits_its_target_on_every_device(xpud: XpudProcess) -> None:
+    """The pacing follows the clock, not the loop: eight devices take as long to serve as one."""
+    burn = start_burn(xpud, "--duration", "7", "--utilization", "0.8")
+    try:
+        time.sleep(2.0)  # the first 1 s utilization window fills
+        busy = mean_utilization(xpud, 4.0)
+        out, err = burn.communicate(timeout=30)
+    finally:
+        burn.kill()
+    assert burn.returncode == 0, out + err
+    print("utilization at target 0.8:", [round(u, 3) for u in busy])
+    assert all(abs(u - 0.8) < 0.05 for u in busy), busy
+
+
+def test_burn_stops_cleanly_on_ctrl_c(xpud: XpudProcess) -> None:
+    burn = start_burn(xpud, "--duration", "30", "--memory", "1Gi")
+    burn.send_signal(signal.SIGINT)
+    out, err = burn.communicate(timeout=30)
+    assert burn.returncode == 130, out + err
+    assert_one_line_error(err, "interrupted")
+    with xpud.client() as c:
+        assert c.processes() == [], "the interrupted burn left its context behind"
