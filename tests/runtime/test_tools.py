@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from openxpu_runtime import api
 from openxpu_runtime.driver import Driver
 from openxpu_runtime.errors import InvalidArgument, NotFound, OutOfMemory
 from openxpu_runtime.samples.vectoradd import mismatches, vector_add
+from openxpu_runtime.smi import main as smi_main
 from openxpu_runtime.testing import XpudProcess
 from openxpu_runtime.xpu import XpuSession, parse_size
 
@@ -116,40 +118,21 @@ def test_vectoradd_passes_on_a_visible_device_and_fails_without_one(xpud: XpudPr
 
 
 def test_burn_drives_utilization_to_the_target(xpud: XpudProcess) -> None:
-    burn = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "openxpu_runtime.samples.burn",
-            "--duration",
-            "4",
-            "--utilization",
-            "0.5",
-            "--memory",
-            "1Gi",
-        ],
-        env={**os.environ, "XPUD_SOCKET": str(xpud.socket), "XPU_VISIBLE_DEVICES": "6"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    burn = start_burn(
+        xpud, "--duration", "5", "--utilization", "0.5", "--memory", "1Gi", visible="6"
     )
     try:
-        readings = []
+        time.sleep(1.5)  # the first 1 s utilization window fills
         with xpud.client() as c:
-            for _ in range(30):
-                if burn.poll() is not None:
-                    break
-                d = c.device(6)
-                readings.append((d.utilization_ratio, d.memory_used_bytes))
-                subprocess.run(["sleep", "0.1"], check=True)
-            idle = c.device(0)
+            held = c.device(6).memory_used_bytes
+        busy = mean_utilization(xpud, 2.0)
+        out, err = burn.communicate(timeout=30)
     finally:
-        _, err = burn.communicate(timeout=30)
-    assert burn.returncode == 0, err
-    busy = [u for u, _ in readings[15:]]
-    assert busy and 0.35 < sum(busy) / len(busy) < 0.65
-    assert any(m == 1 << 30 for _, m in readings)
-    assert idle.utilization_ratio == 0
+        burn.kill()
+    assert burn.returncode == 0, out + err
+    assert held == 1 << 30
+    assert abs(busy[6] - 0.5) < 0.05, busy
+    assert [u for i, u in enumerate(busy) if i != 6] == [0.0] * 7, "load beyond XPU_VISIBLE_DEVICES"
 
 
 def test_smi_reports_what_xpud_reports(xpud: XpudProcess) -> None:
@@ -231,10 +214,12 @@ def test_a_stale_pid_file_never_names_another_process(short_root: Path) -> None:
         assert driver.running_pid() is None, stale
 
 
-def spawn(tool: str, *args: str, socket: Path) -> subprocess.Popen[str]:
+def spawn(
+    tool: str, *args: str, socket: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", tool, *args],
-        env={**os.environ, "XPUD_SOCKET": str(socket)},
+        env={**os.environ, **(env or {}), "XPUD_SOCKET": str(socket)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -268,11 +253,10 @@ def assert_one_line_error(stderr: str, *fragments: str) -> None:
 def test_smi_refuses_bad_numbers_in_one_line(
     argv: list[str], fragment: str, short_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from openxpu_runtime.smi import main
-
     # Refused before any call: the socket need not exist.
+    code: int | str | None
     try:
-        code = main(["--socket", str(short_root / "none.sock"), *argv])
+        code = smi_main(["--socket", str(short_root / "none.sock"), *argv])
     except SystemExit as exc:  # argparse's own refusals
         code = exc.code
     assert code == 2
@@ -319,7 +303,7 @@ def test_smi_events_survive_an_xpud_restart_and_say_why_they_stop(xpud: XpudProc
     events = spawn("openxpu_runtime.smi", "events", "--reconnect-timeout", "8", socket=xpud.socket)
     assert events.stdout is not None
 
-    def snapshot() -> list[dict[str, object]]:
+    def snapshot() -> list[dict[str, Any]]:
         assert events.stdout is not None
         return [json.loads(events.stdout.readline()) for _ in range(8)]
 
@@ -359,9 +343,14 @@ def test_a_plain_query_imports_no_http_or_validation_library(xpud: XpudProcess) 
     assert "HEAVY []" in result.stderr, result.stderr
 
 
-def start_burn(xpud: XpudProcess, *args: str) -> subprocess.Popen[str]:
-    """xpu-burn on every device of `xpud`, returned once its load is running."""
-    burn = spawn("openxpu_runtime.samples.burn", *args, socket=xpud.socket)
+def start_burn(xpud: XpudProcess, *args: str, visible: str = "all") -> subprocess.Popen[str]:
+    """xpu-burn on the `visible` devices of `xpud`, returned once its load is running."""
+    burn = spawn(
+        "openxpu_runtime.samples.burn",
+        *args,
+        socket=xpud.socket,
+        env={"XPU_VISIBLE_DEVICES": visible},
+    )
     assert burn.stdout is not None
     started = burn.stdout.readline()
     assert "device(s) at" in started, started + burn.communicate(timeout=30)[1]
