@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -409,3 +411,31 @@ def test_burn_stops_cleanly_on_ctrl_c(xpud: XpudProcess) -> None:
     assert_one_line_error(err, "interrupted")
     with xpud.client() as c:
         assert c.processes() == [], "the interrupted burn left its context behind"
+
+
+@pytest.mark.bench
+def test_smi_query_time(xpud: XpudProcess) -> None:
+    """Figures for a plain query, per call: wall and CPU time of the whole process, and how
+    long xpud takes to answer. Prints; asserts nothing timed."""
+    script = str(Path(sys.executable).parent / "xpu-smi")
+    env = {**os.environ, "XPUD_SOCKET": str(xpud.socket)}
+    for argv in ([script], [script, "--json"], [sys.executable, "-c", "pass"]):
+        wall, cpu = [], []
+        for _ in range(20):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+            wall.append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        print(
+            f"{' '.join(Path(a).name for a in argv)}: wall median {statistics.median(wall):.3f} s"
+            f" (min {min(wall):.3f}), CPU median {statistics.median(cpu):.3f} s"
+        )
+    with xpud.client() as c:
+        answers = []
+        for _ in range(20):
+            start = time.perf_counter()
+            c.telemetry()
+            answers.append(time.perf_counter() - start)
+    print(f"xpud's telemetry answer: median {statistics.median(answers) * 1e3:.1f} ms")
