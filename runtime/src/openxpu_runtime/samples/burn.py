@@ -42,12 +42,15 @@ class Burn:
         self.xpu = xpu
         self.utilization = utilization
         self.kind = kind
-        start = time.monotonic() - PERIOD_SECONDS  # the first round queues one period
         self.active = {
-            i: Pace(xpu.get_device_properties(i).peak_ops_per_second, start)
+            i: Pace(xpu.get_device_properties(i).peak_ops_per_second, paid_until=0.0)
             for i in range(xpu.device_count())
         }
         self.lost: list[int] = []
+
+    def start(self, now: float) -> None:
+        for pace in self.active.values():
+            pace.paid_until = now - PERIOD_SECONDS  # the first round queues one period
 
     def lose(self, device: int, exc: XpuError) -> None:
         self.active.pop(device, None)
@@ -130,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"for {args.duration:g}s",
                 flush=True,
             )
-            deadline = time.monotonic() + args.duration
+            begin = time.monotonic()
+            deadline = begin + args.duration
+            burn.start(begin)
             while burn.active and not stop.is_set() and (now := time.monotonic()) < deadline:
                 burn.round(now)
                 stop.wait(PERIOD_SECONDS)
