@@ -403,6 +403,26 @@ def test_burn_hits_its_target_on_every_device(xpud: XpudProcess) -> None:
     assert all(abs(u - 0.8) < 0.05 for u in busy), busy
 
 
+def test_vectoradd_stops_cleanly_on_ctrl_c(xpud: XpudProcess) -> None:
+    # 10^15 ops keep a device busy for minutes: the interrupt lands in synchronize.
+    add = spawn(
+        "openxpu_runtime.samples.vectoradd",
+        "--elements",
+        "1000",
+        "--iterations",
+        "1000000000000",
+        socket=xpud.socket,
+    )
+    assert add.stdout is not None
+    assert "device 0" in add.stdout.readline()
+    add.send_signal(signal.SIGINT)
+    out, err = add.communicate(timeout=30)
+    assert add.returncode == 130, out + err
+    assert_one_line_error(err, "interrupted")
+    with xpud.client() as c:
+        assert c.processes() == [], "the interrupted run left its context behind"
+
+
 def test_burn_stops_cleanly_on_ctrl_c(xpud: XpudProcess) -> None:
     burn = start_burn(xpud, "--duration", "30", "--memory", "1Gi")
     burn.send_signal(signal.SIGINT)
