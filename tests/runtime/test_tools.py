@@ -415,22 +415,21 @@ def test_vectoradd_stops_cleanly_on_ctrl_c(xpud: XpudProcess) -> None:
     )
     assert add.stdout is not None
     assert "device 0" in add.stdout.readline()
-    add.send_signal(signal.SIGINT)
-    out, err = add.communicate(timeout=30)
-    assert add.returncode == 130, out + err
-    assert_one_line_error(err, "interrupted")
-    with xpud.client() as c:
-        assert c.processes() == [], "the interrupted run left its context behind"
+    assert_ctrl_c_stops_cleanly(add, xpud)
 
 
 def test_burn_stops_cleanly_on_ctrl_c(xpud: XpudProcess) -> None:
-    burn = start_burn(xpud, "--duration", "30", "--memory", "1Gi")
-    burn.send_signal(signal.SIGINT)
-    out, err = burn.communicate(timeout=30)
-    assert burn.returncode == 130, out + err
+    assert_ctrl_c_stops_cleanly(start_burn(xpud, "--duration", "30", "--memory", "1Gi"), xpud)
+
+
+def assert_ctrl_c_stops_cleanly(workload: subprocess.Popen[str], xpud: XpudProcess) -> None:
+    """Like a shell: exit 130, a word on stderr, no traceback; and the context is closed."""
+    workload.send_signal(signal.SIGINT)
+    out, err = workload.communicate(timeout=30)
+    assert workload.returncode == 130, out + err
     assert_one_line_error(err, "interrupted")
     with xpud.client() as c:
-        assert c.processes() == [], "the interrupted burn left its context behind"
+        assert c.processes() == [], "the interrupted workload left its context behind"
 
 
 @pytest.mark.bench
