@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +25,22 @@ from openxpu_runtime.state import StateStore
 
 pytestmark = pytest.mark.integration
 
-_engine = Engine(
-    node="fuzz",
-    profile=BUILTIN["x1-2"],
-    clock=ManualClock(),
-    store=StateStore(Path(tempfile.mkdtemp(prefix="xpu-fuzz-")) / "state.json"),
-)
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_engine))
+
+@pytest.fixture(scope="module")
+def api_schema() -> Iterator[object]:
+    """Built when a test asks for it, not when the module is imported: collecting this file
+    (even to deselect it, as `-m unit` does) must leave nothing behind."""
+    with tempfile.TemporaryDirectory(prefix="xpu-fuzz-") as state_dir:
+        engine = Engine(
+            node="fuzz",
+            profile=BUILTIN["x1-2"],
+            clock=ManualClock(),
+            store=StateStore(Path(state_dir) / "state.json"),
+        )
+        yield schemathesis.openapi.from_asgi("/openapi.json", create_app(engine))
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 # The event stream never ends by design; it has its own tests.
@@ -44,3 +57,27 @@ def test_api_never_fails_on_any_input(case: schemathesis.Case) -> None:
         excluded_checks=[allow_header_conformance, positive_data_acceptance]
     )
     assert response.status_code < 500
+
+
+@pytest.mark.unit
+def test_collecting_the_fuzz_tests_leaves_no_files(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    collected = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+        ],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert list(scratch.iterdir()) == []

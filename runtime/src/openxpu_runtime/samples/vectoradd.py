@@ -1,5 +1,8 @@
 """`xpu-vectoradd`: the validation workload. Allocates on the device, adds two vectors,
-checks the result and exits non-zero on any mismatch — like CUDA's vectorAdd sample."""
+checks the result and exits non-zero on any mismatch — like CUDA's vectorAdd sample.
+
+Exit codes: 0 passed, 1 wrong result, 2 bad arguments or no device visible, 3 xpud refused
+or unreachable, 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from openxpu_runtime.xpu import XpuSession
 
 Vector = npt.NDArray[np.float32]
 TOLERANCE = 1e-5
+EXIT_INTERRUPTED = 130
 
 
 def vector_add(a: Vector, b: Vector, chunk: int) -> Vector:
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except XpuError as exc:
         print(f"[xpu-vectoradd] {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # the session closed on the way out: its memory is back
+        print("[xpu-vectoradd] interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     bad = mismatches(a, b, c)
     if bad:
         print(f"[xpu-vectoradd] Test FAILED: {bad} of {args.elements} elements mismatch")

@@ -1,0 +1,5 @@
+import sys
+
+from openxpu_runtime.smi import main
+
+sys.exit(main())
