@@ -9,6 +9,7 @@ import pytest
 
 from openxpu_device_plugin.config import ConfigSource
 from openxpu_device_plugin.plugin import DevicePlugin
+from openxpu_device_plugin.registration import REGISTER_TIMEOUT
 
 from .kubelet_peer import KubeletPeer
 
@@ -45,12 +46,17 @@ async def start_plugin(short_root: Path, plugin_dir: Path) -> AsyncIterator[Star
     running: list[tuple[DevicePlugin, asyncio.Task[None]]] = []
 
     async def start(
-        file: Path | None = None, env: dict[str, str] | None = None, **flags: str
+        file: Path | None = None,
+        env: dict[str, str] | None = None,
+        register_timeout: float = REGISTER_TIMEOUT,
+        **flags: str,
     ) -> DevicePlugin:
         source = ConfigSource(
             file=file, env=env or {}, flags={**base_flags(short_root, plugin_dir), **flags}
         )
-        plugin = DevicePlugin(source, source.load(), config_poll=0.1)
+        plugin = DevicePlugin(
+            source, source.load(), config_poll=0.1, register_timeout=register_timeout
+        )
         running.append((plugin, asyncio.create_task(plugin.run())))
         return plugin
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 import yaml
 from grpc import aio
 
-from openxpu_device_plugin.plugin import DevicePlugin
+from openxpu_device_plugin.plugin import endpoint_for
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
@@ -143,17 +144,80 @@ async def test_kubelet_restart_leads_to_reregistration(
 
 
 async def test_failed_start_is_retried_until_the_kubelet_appears(
-    xpud: XpudProcess, plugin_dir: Path, start_plugin: StartPlugin
+    xpud: XpudProcess,
+    plugin_dir: Path,
+    start_plugin: StartPlugin,
 ) -> None:
-    plugin = await start_plugin()
-    await asyncio.sleep(0.5)
-    assert plugin.registrations == 0
+    failed_twice = asyncio.Event()
+
+    class CountFailures(logging.Handler):
+        count = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "start failed" in record.getMessage():
+                self.count += 1
+                if self.count == 2:
+                    failed_twice.set()
+
+    handler = CountFailures()
+    logging.getLogger("openxpu_device_plugin.plugin").addHandler(handler)
+    try:
+        plugin = await start_plugin(register_timeout=0.3)
+        # No kubelet: registration fails, and is tried again (not given up after one failure).
+        await asyncio.wait_for(failed_twice.wait(), 10)
+    finally:
+        logging.getLogger("openxpu_device_plugin.plugin").removeHandler(handler)
+    assert plugin.registrations == 0 and not plugin.registered.is_set()
     peer = KubeletPeer(plugin_dir)
     await peer.start()
     try:
         await peer.wait_registered(within=15)
+        await asyncio.wait_for(plugin.registered.wait(), 5)
+        assert plugin.registrations == 1
     finally:
         await peer.stop()
+
+
+async def test_a_crashed_health_watch_is_restarted_not_left_stale(
+    xpud: XpudProcess,
+    kubelet: KubeletPeer,
+    start_plugin: StartPlugin,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected exception in the health task (say, an event a newer xpud sends that this
+    plugin cannot handle) must not leave the kubelet with the last health it was told."""
+    plugin = await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    u0 = uuids(xpud)[0]
+    real_set_health = plugin.rm.set_health
+    crashes = 0
+
+    def set_health_that_breaks_once(uuid: str, health: str, reason: str = "") -> bool:
+        nonlocal crashes
+        if health == "Unhealthy" and not crashes:
+            crashes += 1
+            raise RuntimeError("an event this plugin cannot handle")
+        return real_set_health(uuid, health, reason)
+
+    monkeypatch.setattr(plugin.rm, "set_health", set_health_that_breaks_once)
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # sticky: xpud keeps saying so
+        # While the watch is down nothing vouches for the devices; the restarted watch re-reads
+        # xpud and reports the fault it first choked on, on that device alone.
+        await kubelet.wait_devices(lambda d: all_health(d, "Unhealthy"))
+        await kubelet.wait_devices(
+            lambda d: d[u0] == "Unhealthy" and sum(h == "Healthy" for h in d.values()) == 7,
+            within=15,
+        )
+        assert crashes == 1
+        c.clear_faults("0")
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"), within=15)
+    assert any(
+        "the health watch failed (RuntimeError: an event this plugin cannot handle)"
+        in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_xpud_unreachable_means_all_unhealthy_then_reconnects(
@@ -247,8 +311,7 @@ async def test_bad_config_on_reload_keeps_the_last_good_one(
     assert plugin.last_config_error is None
 
 
+@pytest.mark.unit
 def test_plugin_socket_name_follows_the_resource() -> None:
-    from openxpu_device_plugin.plugin import endpoint_for
-
-    assert endpoint_for("openxpu.io/xpu.shared") == "openxpu.io-xpu.shared.sock"
-    assert DevicePlugin  # imported for the fixture's type
+    assert endpoint_for("openxpu.io/xpu") == "openxpu.io-xpu.sock"
+    assert endpoint_for("example.com/xpu.shared") == "example.com-xpu.shared.sock"

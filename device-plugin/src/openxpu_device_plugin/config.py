@@ -7,9 +7,10 @@ the value came from; the caller keeps the last good configuration in force.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -261,3 +262,26 @@ def _describe(exc: ValidationError, origin: str, provenance: dict[tuple[str, ...
             msg = f"unsupported version {err.get('input')!r}; this plugin reads v1"
         problems.append(f"{'.'.join(loc) or '(top level)'}: {msg} (from {where})")
     return "invalid configuration: " + "; ".join(problems)
+
+
+async def watch_config(source: ConfigSource, interval: float, reload: Callable[[], object]) -> None:
+    """Call `reload` whenever the config file's mtime changes; never returns (cancel it).
+
+    The first poll always reloads, so an edit made between the initial load and the start of
+    this watch is not missed (reloading an unchanged file is a no-op for the callers).
+    """
+    if source.file is None:
+        return
+    last: int | None = -1
+    while True:
+        await asyncio.sleep(interval)
+        if (now := _mtime(source.file)) != last:
+            last = now
+            reload()
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

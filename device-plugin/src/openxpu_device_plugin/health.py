@@ -54,8 +54,6 @@ class HealthWatcher:
         self.socket = socket
         self.on_inventory = on_inventory
         self.backoff = backoff or Backoff()
-        self.connected = asyncio.Event()
-        self.inventory: api.Inventory | None = None
 
     async def run(self) -> None:
         while True:
@@ -73,19 +71,16 @@ class HealthWatcher:
     def _lost(self, reason: str) -> None:
         if self.rm.reachable:
             log.error("xpud unreachable, reporting every device Unhealthy: %s", reason)
-        self.connected.clear()
         self.rm.set_unreachable(reason)
 
     async def _session(self) -> None:
         async with AsyncXpudClient(self.socket) as client:
             inventory = await client.inventory()
-            self.inventory = inventory
             self.rm.set_inventory(inventory.devices)
             if self.on_inventory is not None:
                 await self.on_inventory(inventory)
             log.info("xpud: %d devices on %s", len(inventory.devices), inventory.node)
             self.backoff.reset()
-            self.connected.set()
             async for event in client.events():
                 if not self.rm.knows(event.device_uuid):
                     # A device we have not seen: the inventory changed under us; re-read it.

@@ -121,10 +121,6 @@ class ResourceManager:
     # -- state ----------------------------------------------------------------------------
 
     @property
-    def config(self) -> Config:
-        return self._config
-
-    @property
     def xpus(self) -> list[Xpu]:
         return list(self._xpus)
 
