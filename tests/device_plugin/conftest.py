@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +67,13 @@ async def start_plugin(short_root: Path, plugin_dir: Path) -> AsyncIterator[Star
         plugin.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="session")
+def apiserver() -> Iterator[Any]:
+    """A real etcd + kube-apiserver (the lab's envtest), shared by this package's tests."""
+    envtest = pytest.importorskip("openxpu_lab.envtest")
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (the lab installs etcd-server)")
+    with envtest.apiserver_only() as api:
+        yield api

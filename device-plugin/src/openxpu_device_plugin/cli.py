@@ -109,12 +109,12 @@ def discovery_main(argv: Sequence[str] | None = None) -> int:
         p.error("--node-name (or env NODE_NAME) is required")
     source, config = _setup(args)
     from openxpu_device_plugin.discovery import FeatureDiscovery
-    from openxpu_device_plugin.kube import KubeClient, KubeError, NodeName, load_credentials
+    from openxpu_device_plugin.kube import KubeClient, KubeError, NodeName
     from openxpu_runtime.errors import XpuError
 
     async def main() -> int:
         try:
-            kube = KubeClient(load_credentials(args.kubeconfig))
+            kube = await KubeClient.connect(args.kubeconfig)
         except KubeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

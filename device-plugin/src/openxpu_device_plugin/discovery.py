@@ -51,8 +51,7 @@ class FeatureDiscovery:
         async with AsyncXpudClient(self.socket) as xpud:
             inventory = await xpud.inventory()
         wanted = labels.compute(inventory, self.config)
-        node = await self.kube.get_node(self.node)
-        patch = labels.patch_for(node.get("metadata", {}).get("labels", {}), wanted)
+        patch = labels.patch_for(await self.kube.node_labels(self.node), wanted)
         if patch:
             await self.kube.patch_node_labels(self.node, patch)
             log.info("labelled node %s: %s", self.node, patch)
@@ -113,6 +112,17 @@ class FeatureDiscovery:
                 except (XpuError, KubeError, OSError) as exc:
                     timeout = backoff.next()
                     log.error("labelling failed (%s); retrying in %.1fs", exc, timeout)
+                except Exception as exc:
+                    # Not foreseen, so with its traceback; but an outage of xpud or the API
+                    # server must never end the process (a CrashLoopBackOff outlasts it).
+                    timeout = backoff.next()
+                    log.error(
+                        "labelling failed (%s: %s); retrying in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        timeout,
+                        exc_info=exc,
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
