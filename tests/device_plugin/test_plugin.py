@@ -315,3 +315,55 @@ async def test_bad_config_on_reload_keeps_the_last_good_one(
 def test_plugin_socket_name_follows_the_resource() -> None:
     assert endpoint_for("openxpu.io/xpu") == "openxpu.io-xpu.sock"
     assert endpoint_for("example.com/xpu.shared") == "example.com-xpu.shared.sock"
+
+
+async def test_ignored_fault_codes_leave_devices_healthy(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    """NVIDIA's DP_DISABLE_HEALTHCHECKS with a list: those codes do not count, others do."""
+    await start_plugin(env={"DP_DISABLE_HEALTHCHECKS": "48,79"})
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    u = uuids(xpud)
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # ignored
+        c.inject_fault(api.FaultRequest(device="2", code=79))  # ignored although fatal
+        c.inject_fault(api.FaultRequest(device="2", code=43))  # counted, but only Degraded
+        c.inject_fault(api.FaultRequest(device="3", code=48))  # ignored ...
+        c.inject_fault(api.FaultRequest(device="3", code=94))  # ... this one is not
+        c.inject_fault(api.FaultRequest(device="1", code=94))  # not ignored: the last event
+    # Events arrive in order: once device 1's is in, the others' have been judged.
+    _, devices = await kubelet.wait_devices(lambda d: d[u[1]] == "Unhealthy")
+    assert {x for x, h in devices.items() if h == "Unhealthy"} == {u[1], u[3]}
+    with pytest.raises(aio.AioRpcError, match="94"):
+        await kubelet.allocate([u[3]])
+    resp = await kubelet.allocate([u[0], u[2]])
+    assert resp.container_responses[0].envs["XPU_VISIBLE_DEVICES"] == f"{u[0]},{u[2]}"
+
+
+async def test_health_checks_disabled_keeps_every_device_healthy(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    lost = asyncio.Event()
+
+    class OnUnreachable(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "xpud unreachable" in record.getMessage():
+                lost.set()
+
+    handler = OnUnreachable()
+    logger = logging.getLogger("openxpu_device_plugin.health")
+    logger.addHandler(handler)
+    try:
+        await start_plugin(disable_healthchecks="all")
+        await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+        u0 = uuids(xpud)[0]
+        with xpud.client() as c:
+            c.inject_fault(api.FaultRequest(device="0", code=79))
+        xpud.stop()  # after the fault's events: the plugin has judged them once it sees this
+        await asyncio.wait_for(lost.wait(), 15)
+    finally:
+        logger.removeHandler(handler)
+    _, devices = await kubelet.wait_devices(lambda d: len(d) == 8)
+    assert all_health(devices, "Healthy")
+    resp = await kubelet.allocate([u0])
+    assert resp.container_responses[0].envs["XPU_VISIBLE_DEVICES"] == u0

@@ -47,7 +47,10 @@ class DevicePlugin:
         self.register_timeout = register_timeout
         self.rm = ResourceManager(config)
         self.health = HealthWatcher(
-            self.rm, Path(config.flags.xpud_socket), on_inventory=self._inventory_changed
+            self.rm,
+            Path(config.flags.xpud_socket),
+            on_inventory=self._inventory_changed,
+            checks=lambda: self.config.health,
         )
         self.registered = asyncio.Event()
         self.registrations = 0
