@@ -4,9 +4,11 @@ plugin, and the in-cluster service account with only the rights the DaemonSet gr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -92,21 +94,23 @@ async def test_kubeconfig_list_is_merged_with_inline_credentials(
         await kube.aclose()
 
 
-async def service_account_token(admin: client.ApiClient) -> str:
+async def service_account_token(admin: client.ApiClient, name: str = SA) -> str:
     """A bound token of a service account with the DaemonSet's own ClusterRole."""
     core, rbac = client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
     docs = {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text())}
+    binding = docs["ClusterRoleBinding"]
     for make, body in (
         (
-            lambda b: core.create_namespaced_service_account(NAMESPACE, b),
-            {"metadata": {"name": SA}},
+            lambda body: core.create_namespaced_service_account(NAMESPACE, body),
+            {"metadata": {"name": name}},
         ),
         (rbac.create_cluster_role, docs["ClusterRole"]),
         (
             rbac.create_cluster_role_binding,
             {
-                **docs["ClusterRoleBinding"],
-                "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": NAMESPACE}],
+                **binding,
+                "metadata": {"name": f"{binding['metadata']['name']}-{name}"},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}],
             },
         ),
     ):
@@ -115,7 +119,7 @@ async def service_account_token(admin: client.ApiClient) -> str:
         except client.ApiException as exc:
             assert exc.status == 409  # made by an earlier test
     req = await core.create_namespaced_service_account_token(
-        SA, NAMESPACE, client.AuthenticationV1TokenRequest(spec={"audiences": []})
+        name, NAMESPACE, client.AuthenticationV1TokenRequest(spec={"audiences": []})
     )
     assert req.status is not None
     return req.status.token
@@ -186,6 +190,42 @@ async def test_in_cluster_service_account_has_only_node_rights(
         assert (await kube.node_labels(NODE))["openxpu.io/xpu.product"] == "X1"
         with pytest.raises(KubeError, match="get node other: 404"):
             await kube.node_labels(NodeName("other"))
+    finally:
+        await kube.aclose()
+
+
+async def test_in_cluster_token_is_read_again_when_the_kubelet_rotates_it(
+    admin: client.ApiClient, apiserver: Any, tmp_path: Path
+) -> None:
+    """The old client read the token once; a bound token is replaced on disk well before it
+    expires, and the old one may stop working. The client re-reads the file every minute."""
+    sa_dir = tmp_path / "serviceaccount"
+    sa_dir.mkdir()
+    (sa_dir / "ca.crt").write_bytes(apiserver.ca_cert.read_bytes())
+    token = sa_dir / "token"
+    token.write_text(await service_account_token(admin, "rotating-old"))
+    host, port = apiserver.url.removeprefix("https://").rsplit(":", 1)
+    env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+    kube = KubeClient(await configure(None, sa_dir=sa_dir, environ=env))
+    try:
+        await kube.node_labels(NODE)
+        # Rotation: a new token on disk, the old one no longer valid.
+        token.write_text(await service_account_token(admin, "rotating-new"))
+        await client.CoreV1Api(admin).delete_namespaced_service_account("rotating-old", NAMESPACE)
+        rotated_at = time.monotonic()
+        # Still the token it read (the client keeps it a minute), now refused once the API
+        # server's own authentication cache lets go of it.
+        for _ in range(40):
+            try:
+                await kube.node_labels(NODE)
+            except KubeError as exc:
+                assert "401" in str(exc)
+                break
+            await asyncio.sleep(0.5)
+        else:
+            pytest.fail("the deleted service account's token was never refused")
+        await asyncio.sleep(max(0.0, 61 - (time.monotonic() - rotated_at)))
+        await kube.node_labels(NODE)
     finally:
         await kube.aclose()
 
