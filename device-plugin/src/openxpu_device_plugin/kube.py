@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import NewType
 
-import aiohttp
 from kubernetes.aio import client, config
 from kubernetes.aio.config.config_exception import ConfigException
 from kubernetes.aio.config.incluster_config import InClusterConfigLoader
@@ -110,7 +109,8 @@ def _error(what: str, exc: Exception) -> KubeError:
         except (ValueError, KeyError, TypeError):
             message = exc.reason
         return KubeError(f"{what}: {exc.status} {message}")
-    if isinstance(exc, aiohttp.ClientError | OSError | asyncio.TimeoutError):
+    # aiohttp's connection errors are OSErrors.
+    if isinstance(exc, OSError | asyncio.TimeoutError):
         return KubeError(f"{what}: cannot reach the API server: {exc or type(exc).__name__}")
     # A client-side failure we did not foresee (a bad token file mid-rotation, a response
     # the client cannot decode): still this one call's failure, to be retried.
