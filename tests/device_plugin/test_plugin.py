@@ -367,3 +367,19 @@ async def test_health_checks_disabled_keeps_every_device_healthy(
     assert all_health(devices, "Healthy")
     resp = await kubelet.allocate([u0])
     assert resp.container_responses[0].envs["XPU_VISIBLE_DEVICES"] == u0
+
+
+async def test_a_reload_that_ignores_a_fault_rejudges_the_device_at_once(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
+) -> None:
+    config = short_root / "config.yaml"
+    config.write_text("version: v1\n")
+    plugin = await start_plugin(file=config)
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    u0 = uuids(xpud)[0]
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # sticky: no later event
+    await kubelet.wait_devices(lambda d: d[u0] == "Unhealthy")
+    config.write_text("version: v1\nhealth:\n  disableHealthChecks: [48]\n")
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"), within=10)
+    assert plugin.config.health.ignored_fault_codes == {48}

@@ -76,17 +76,29 @@ class HealthWatcher:
     ) -> None:
         self.rm = rm
         self.socket = socket
-        # Read at each event, so a reloaded configuration applies from the next one.
+        # Read at each event; resync() re-judges every device under new settings.
         self.checks = checks
         self.on_inventory = on_inventory
         self.backoff = backoff or Backoff()
+        self._session_task: asyncio.Future[None] | None = None
+
+    def resync(self) -> None:
+        """Start a new session: the stream opens with every device's health, judged afresh."""
+        if self._session_task is not None:
+            self._session_task.cancel()
 
     async def run(self) -> None:
         while True:
+            self._session_task = asyncio.ensure_future(self._session())
             try:
-                await self._session()
+                await self._session_task
             except _StaleInventory as exc:
                 log.info("%s", exc)
+                continue
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this watcher is being stopped, not resynced
                 continue
             except (Unreachable, XpuError) as exc:
                 self._lost(str(exc))

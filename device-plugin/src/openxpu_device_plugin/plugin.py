@@ -102,8 +102,11 @@ class DevicePlugin:
             return False
         if new.flags.xpud_socket != self.config.flags.xpud_socket:
             log.warning("xpudSocket changes take effect on the next start of the plugin")
+        health_changed = new.health != self.config.health
         self.config = new
         self.rm.apply_config(new)
+        if health_changed:
+            self.health.resync()
         log.info("configuration changed: %s", new.model_dump(by_alias=True, mode="json"))
         self._write_cdi()
         self.request_restart("configuration changed")
