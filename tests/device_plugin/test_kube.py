@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +21,7 @@ import yaml
 from kubernetes.aio import client
 
 from openxpu_device_plugin.kube import KubeClient, KubeError, NodeName, configure
+from openxpu_runtime.testing import XpudProcess
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,10 +51,9 @@ def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-async def test_kubeconfig_list_is_merged_with_inline_credentials(
-    admin: client.ApiClient, apiserver: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # kubectl's rule: every file in $KUBECONFIG counts; here the user lives in the second.
+def inline_kubeconfig_list(apiserver: Any, tmp_path: Path) -> str:
+    """Two files as $KUBECONFIG lists them, credentials inline (`*-data`); kubectl's rule
+    is that every file counts, and here the user lives in the second."""
     first, second = tmp_path / "clusters", tmp_path / "users"
     first.write_text(
         yaml.safe_dump(
@@ -84,7 +87,13 @@ async def test_kubeconfig_list_is_merged_with_inline_credentials(
             }
         )
     )
-    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")
+    return f"{first}:{second}"
+
+
+async def test_kubeconfig_list_is_merged_with_inline_credentials(
+    admin: client.ApiClient, apiserver: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", inline_kubeconfig_list(apiserver, tmp_path))
     kube = await KubeClient.connect()
     try:
         after = await kube.patch_node_labels(NODE, {"openxpu.io/xpu.count": "8"})
@@ -228,6 +237,36 @@ async def test_in_cluster_token_is_read_again_when_the_kubelet_rotates_it(
         await kube.node_labels(NODE)
     finally:
         await kube.aclose()
+
+
+async def test_decoded_keys_are_gone_when_discovery_exits(
+    admin: client.ApiClient, apiserver: Any, xpud: XpudProcess, tmp_path: Path
+) -> None:
+    """Inline credentials become files for the TLS layer; none may outlive the process."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {
+        **os.environ,
+        "TMPDIR": str(scratch),
+        "KUBECONFIG": inline_kubeconfig_list(apiserver, tmp_path),
+        "NODE_NAME": NODE,
+    }
+    code = "import sys; from openxpu_device_plugin import cli; sys.exit(cli.discovery_main())"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", code, "--oneshot", "--xpud-socket", str(xpud.socket)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    kube = KubeClient(await configure(str(apiserver.kubeconfig)))
+    try:
+        assert (await kube.node_labels(NODE))["openxpu.io/xpu.count"] == "8"
+    finally:
+        await kube.aclose()
+    assert list(scratch.iterdir()) == []
 
 
 async def test_no_credentials_is_a_clear_error(tmp_path: Path) -> None:
