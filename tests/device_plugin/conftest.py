@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from openxpu_device_plugin.config import ConfigSource
 from openxpu_device_plugin.plugin import DevicePlugin
+from openxpu_device_plugin.registration import REGISTER_TIMEOUT
 
 from .kubelet_peer import KubeletPeer
 
@@ -45,12 +48,17 @@ async def start_plugin(short_root: Path, plugin_dir: Path) -> AsyncIterator[Star
     running: list[tuple[DevicePlugin, asyncio.Task[None]]] = []
 
     async def start(
-        file: Path | None = None, env: dict[str, str] | None = None, **flags: str
+        file: Path | None = None,
+        env: dict[str, str] | None = None,
+        register_timeout: float = REGISTER_TIMEOUT,
+        **flags: str,
     ) -> DevicePlugin:
         source = ConfigSource(
             file=file, env=env or {}, flags={**base_flags(short_root, plugin_dir), **flags}
         )
-        plugin = DevicePlugin(source, source.load(), config_poll=0.1)
+        plugin = DevicePlugin(
+            source, source.load(), config_poll=0.1, register_timeout=register_timeout
+        )
         running.append((plugin, asyncio.create_task(plugin.run())))
         return plugin
 
@@ -59,3 +67,13 @@ async def start_plugin(short_root: Path, plugin_dir: Path) -> AsyncIterator[Star
         plugin.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="session")
+def apiserver() -> Iterator[Any]:
+    """A real etcd + kube-apiserver (the lab's envtest), shared by this package's tests."""
+    envtest = pytest.importorskip("openxpu_lab.envtest")
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (the lab installs etcd-server)")
+    with envtest.apiserver_only() as api:
+        yield api

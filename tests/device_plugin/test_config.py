@@ -11,6 +11,7 @@ from openxpu_device_plugin.config import (
     DeviceIDStrategy,
     DeviceListStrategy,
 )
+from openxpu_device_plugin.config import parse_quantity as config_parse_quantity
 
 pytestmark = pytest.mark.unit
 
@@ -85,7 +86,12 @@ def test_shared_resource_and_memory_per_replica(tmp_path: Path) -> None:
             "flags.deviceListStrategy.0: Input should be 'envvar', 'device-specs' or 'cdi'",
         ),
         ("version: v1\nflags:\n  resourceName: xpu\n", {}, {}, "flags.resourceName: 'xpu' is not"),
-        ("version: v1\nsharing:\n  timeSlicing:\n    replica: 2\n", {}, {}, "replica: Extra"),
+        (
+            "version: v1\nsharing:\n  timeSlicing:\n    replica: 2\n",
+            {},
+            {},
+            "sharing.timeSlicing.replica: unknown setting",
+        ),
         (
             "version: v1\nsharing:\n  timeSlicing:\n    memoryPerReplica: lots\n",
             {},
@@ -120,3 +126,62 @@ def test_bad_config_names_the_field(
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         ConfigSource(file=tmp_path / "nope.yaml", env={}).load()
+
+
+def test_prefixed_env_names_beat_the_older_ones() -> None:
+    env = {"OPENXPU_DEVICE_PLUGIN_REPLICAS": "6", "REPLICAS": "2"}
+    assert ConfigSource(env=env).load().replicas == 6
+    with pytest.raises(ConfigError, match=r"\(from env OPENXPU_DEVICE_PLUGIN_REPLICAS\)"):
+        ConfigSource(env={"OPENXPU_DEVICE_PLUGIN_REPLICAS": "0"}).load()
+
+
+@pytest.mark.parametrize(
+    ("quantity", "bytes_"),
+    [
+        ("1.5Gi", 3 << 29),
+        ("2G", 2 * 10**9),
+        ("512e6", 512 * 10**6),
+        ("0.5Ki", 512),
+        ("1P", 10**15),
+        ("2E", 2 * 10**18),
+        ("1000m", 1),  # a milli-quantity of bytes, as Kubernetes allows
+        ("4294967296", 1 << 32),
+    ],
+)
+def test_memory_per_replica_takes_kubernetes_quantities(
+    tmp_path: Path, quantity: str, bytes_: int
+) -> None:
+    f = write(
+        tmp_path, f"version: v1\nsharing:\n  timeSlicing:\n    memoryPerReplica: {quantity}\n"
+    )
+    c = ConfigSource(file=f, env={"REPLICAS": "2"}).load()
+    assert config_parse_quantity(quantity) == bytes_
+    assert c.memory_limit_per_replica(1 << 62) == bytes_
+
+
+@pytest.mark.parametrize("quantity", ["lots", "-1Gi", "0", "1iB"])
+def test_memory_per_replica_refuses_what_kubernetes_refuses(tmp_path: Path, quantity: str) -> None:
+    f = write(
+        tmp_path, f"version: v1\nsharing:\n  timeSlicing:\n    memoryPerReplica: {quantity}\n"
+    )
+    with pytest.raises(ConfigError, match=r"sharing\.timeSlicing\.memoryPerReplica: must be"):
+        ConfigSource(file=f, env={}).load()
+
+
+def test_health_check_knobs(tmp_path: Path) -> None:
+    assert ConfigSource(env={}).load().health.ignored_fault_codes == frozenset()
+    off = ConfigSource(env={"DP_DISABLE_HEALTHCHECKS": "all"}).load().health
+    assert off.all_disabled and off.ignored_fault_codes == frozenset()
+    some = ConfigSource(env={"OPENXPU_DEVICE_PLUGIN_DISABLE_HEALTHCHECKS": "48, 94"}).load()
+    assert not some.health.all_disabled
+    assert some.health.ignored_fault_codes == {48, 94}
+    f = write(tmp_path, "version: v1\nhealth:\n  disableHealthChecks: [79]\n")
+    assert ConfigSource(file=f, env={}).load().health.ignored_fault_codes == {79}
+    flag = ConfigSource(file=f, env={}, flags={"disable_healthchecks": "all"}).load()
+    assert flag.health.all_disabled
+    with pytest.raises(ConfigError) as err:
+        ConfigSource(env={"DP_DISABLE_HEALTHCHECKS": "xids"}).load()
+    assert str(err.value) == (
+        'invalid configuration: health.disableHealthChecks: must be "all" or fault codes '
+        "such as 48,94, not 'xids' (from env DP_DISABLE_HEALTHCHECKS)"
+    )

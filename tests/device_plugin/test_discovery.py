@@ -1,21 +1,22 @@
 """Feature discovery against a real kube-apiserver (the lab's apiserver-only mode) and a real
-xpud: labels appear, follow config changes, leave others' labels alone, and go away when the
-node has no XPUs any more."""
+xpud: labels appear, follow config changes, leave others' labels alone, go away when the
+node has no XPUs any more, and an API server restart under it is waited out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
+from kubernetes.aio import client
 
 from openxpu_device_plugin.config import ConfigSource
 from openxpu_device_plugin.discovery import FeatureDiscovery
-from openxpu_device_plugin.kube import KubeClient, NodeName, from_kubeconfig
+from openxpu_device_plugin.kube import KubeClient, KubeError, NodeName, configure
 from openxpu_runtime.testing import XpudProcess
 
 pytestmark = [
@@ -25,50 +26,39 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-envtest = pytest.importorskip("openxpu_lab.envtest")
 NODE = NodeName("node-a")
 
 
-@pytest.fixture(scope="module")
-def apiserver() -> Iterator[object]:
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed (the lab installs etcd-server)")
-    with envtest.apiserver_only() as api:
-        yield api
-
-
 @pytest.fixture
-async def kube(apiserver: object) -> AsyncIterator[KubeClient]:
-    creds = from_kubeconfig(apiserver.kubeconfig)  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(base_url=creds.server, verify=creds.ssl) as http:
-        await http.delete(f"/api/v1/nodes/{NODE}")
-        r = await http.post(
-            "/api/v1/nodes",
-            json={
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": NODE,
-                    "labels": {"keep": "me", "openxpu.io/xpu.present": "true"},
-                },
-            },
+async def kube(apiserver: Any) -> AsyncIterator[KubeClient]:
+    configuration = await configure(str(apiserver.kubeconfig))
+    async with client.ApiClient(configuration) as api:
+        core = client.CoreV1Api(api)
+        with contextlib.suppress(client.ApiException):
+            await core.delete_node(NODE)
+        await core.create_node(
+            client.V1Node(
+                metadata=client.V1ObjectMeta(
+                    name=NODE, labels={"keep": "me", "openxpu.io/xpu.present": "true"}
+                )
+            )
         )
-        assert r.status_code == 201, r.text
-    client = KubeClient(creds)
-    yield client
-    await client.aclose()
+    kube = KubeClient(configuration)
+    yield kube
+    await kube.aclose()
 
 
 async def node_labels(kube: KubeClient) -> dict[str, str]:
-    return (await kube.get_node(NODE)).get("metadata", {}).get("labels", {})
+    return await kube.node_labels(NODE)
 
 
 async def wait_labels(kube: KubeClient, check: object, within: float = 15.0) -> dict[str, str]:
     async with asyncio.timeout(within):
         while True:
-            got = await node_labels(kube)
-            if check(got):  # type: ignore[operator]
-                return got
+            with contextlib.suppress(KubeError):  # the API server may be coming back
+                got = await node_labels(kube)
+                if check(got):  # type: ignore[operator]
+                    return got
             await asyncio.sleep(0.1)
 
 
@@ -109,6 +99,48 @@ async def test_labels_follow_devices_and_config(
             assert got["keep"] == "me" and got["openxpu.io/xpu.present"] == "true"
         finally:
             empty.stop()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_survives_an_api_server_restart_and_relabels(
+    kube: KubeClient,
+    apiserver: Any,
+    xpud: XpudProcess,
+    short_root: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A control-plane restart is an outage to wait out, not a reason to exit."""
+    procs = pytest.importorskip("openxpu_lab.procs")
+    config = short_root / "fd.yaml"
+    config.write_text(f"version: v1\nflags:\n  xpudSocket: {xpud.socket}\n")
+    source = ConfigSource(file=config, env={})
+    fd = FeatureDiscovery(source, source.load(), kube, NODE, interval=0.2, config_poll=0.1)
+    task = asyncio.create_task(fd.run())
+    pids, logs = apiserver.state_dir / "pids", apiserver.state_dir / "logs"
+    try:
+        await wait_labels(kube, lambda got: got.get("openxpu.io/xpu.count") == "8")
+        argv = procs.read("kube-apiserver", pids)["argv"]
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, "openxpu_device_plugin"):
+            await asyncio.to_thread(procs.stop, "kube-apiserver", pids)
+            # Edit the config while the API server is away: the labels must follow once
+            # it is back.
+            config.write_text(
+                f"version: v1\nflags:\n  xpudSocket: {xpud.socket}\n"
+                "sharing:\n  timeSlicing:\n    replicas: 2\n"
+            )
+            await asyncio.sleep(2)  # several passes at a 0.2 s interval, all failing
+            assert not task.done(), task
+            assert any("cannot reach the API server" in r.getMessage() for r in caplog.records)
+            await asyncio.to_thread(procs.start, "kube-apiserver", argv, pids, logs)
+            got = await wait_labels(
+                kube, lambda got: got.get("openxpu.io/xpu.replicas") == "2", within=90
+            )
+        assert got["openxpu.io/xpu.sharing-strategy"] == "time-slicing"
+        assert not task.done()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

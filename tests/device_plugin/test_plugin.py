@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 import yaml
 from grpc import aio
 
-from openxpu_device_plugin.plugin import DevicePlugin
+from openxpu_device_plugin.plugin import endpoint_for
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
@@ -143,17 +144,80 @@ async def test_kubelet_restart_leads_to_reregistration(
 
 
 async def test_failed_start_is_retried_until_the_kubelet_appears(
-    xpud: XpudProcess, plugin_dir: Path, start_plugin: StartPlugin
+    xpud: XpudProcess,
+    plugin_dir: Path,
+    start_plugin: StartPlugin,
 ) -> None:
-    plugin = await start_plugin()
-    await asyncio.sleep(0.5)
-    assert plugin.registrations == 0
+    failed_twice = asyncio.Event()
+
+    class CountFailures(logging.Handler):
+        count = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "start failed" in record.getMessage():
+                self.count += 1
+                if self.count == 2:
+                    failed_twice.set()
+
+    handler = CountFailures()
+    logging.getLogger("openxpu_device_plugin.plugin").addHandler(handler)
+    try:
+        plugin = await start_plugin(register_timeout=0.3)
+        # No kubelet: registration fails, and is tried again (not given up after one failure).
+        await asyncio.wait_for(failed_twice.wait(), 10)
+    finally:
+        logging.getLogger("openxpu_device_plugin.plugin").removeHandler(handler)
+    assert plugin.registrations == 0 and not plugin.registered.is_set()
     peer = KubeletPeer(plugin_dir)
     await peer.start()
     try:
         await peer.wait_registered(within=15)
+        await asyncio.wait_for(plugin.registered.wait(), 5)
+        assert plugin.registrations == 1
     finally:
         await peer.stop()
+
+
+async def test_a_crashed_health_watch_is_restarted_not_left_stale(
+    xpud: XpudProcess,
+    kubelet: KubeletPeer,
+    start_plugin: StartPlugin,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected exception in the health task (say, an event a newer xpud sends that this
+    plugin cannot handle) must not leave the kubelet with the last health it was told."""
+    plugin = await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    u0 = uuids(xpud)[0]
+    real_set_health = plugin.rm.set_health
+    crashes = 0
+
+    def set_health_that_breaks_once(uuid: str, health: str, reason: str = "") -> bool:
+        nonlocal crashes
+        if health == "Unhealthy" and not crashes:
+            crashes += 1
+            raise RuntimeError("an event this plugin cannot handle")
+        return real_set_health(uuid, health, reason)
+
+    monkeypatch.setattr(plugin.rm, "set_health", set_health_that_breaks_once)
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # sticky: xpud keeps saying so
+        # While the watch is down nothing vouches for the devices; the restarted watch re-reads
+        # xpud and reports the fault it first choked on, on that device alone.
+        await kubelet.wait_devices(lambda d: all_health(d, "Unhealthy"))
+        await kubelet.wait_devices(
+            lambda d: d[u0] == "Unhealthy" and sum(h == "Healthy" for h in d.values()) == 7,
+            within=15,
+        )
+        assert crashes == 1
+        c.clear_faults("0")
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"), within=15)
+    assert any(
+        "the health watch failed (RuntimeError: an event this plugin cannot handle)"
+        in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_xpud_unreachable_means_all_unhealthy_then_reconnects(
@@ -247,8 +311,75 @@ async def test_bad_config_on_reload_keeps_the_last_good_one(
     assert plugin.last_config_error is None
 
 
+@pytest.mark.unit
 def test_plugin_socket_name_follows_the_resource() -> None:
-    from openxpu_device_plugin.plugin import endpoint_for
+    assert endpoint_for("openxpu.io/xpu") == "openxpu.io-xpu.sock"
+    assert endpoint_for("example.com/xpu.shared") == "example.com-xpu.shared.sock"
 
-    assert endpoint_for("openxpu.io/xpu.shared") == "openxpu.io-xpu.shared.sock"
-    assert DevicePlugin  # imported for the fixture's type
+
+async def test_ignored_fault_codes_leave_devices_healthy(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    """NVIDIA's DP_DISABLE_HEALTHCHECKS with a list: those codes do not count, others do."""
+    await start_plugin(env={"DP_DISABLE_HEALTHCHECKS": "48,79"})
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    u = uuids(xpud)
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # ignored
+        c.inject_fault(api.FaultRequest(device="2", code=79))  # ignored although fatal
+        c.inject_fault(api.FaultRequest(device="2", code=43))  # counted, but only Degraded
+        c.inject_fault(api.FaultRequest(device="3", code=48))  # ignored ...
+        c.inject_fault(api.FaultRequest(device="3", code=94))  # ... this one is not
+        c.inject_fault(api.FaultRequest(device="1", code=94))  # not ignored: the last event
+    # Events arrive in order: once device 1's is in, the others' have been judged.
+    _, devices = await kubelet.wait_devices(lambda d: d[u[1]] == "Unhealthy")
+    assert {x for x, h in devices.items() if h == "Unhealthy"} == {u[1], u[3]}
+    with pytest.raises(aio.AioRpcError, match="94"):
+        await kubelet.allocate([u[3]])
+    resp = await kubelet.allocate([u[0], u[2]])
+    assert resp.container_responses[0].envs["XPU_VISIBLE_DEVICES"] == f"{u[0]},{u[2]}"
+
+
+async def test_health_checks_disabled_keeps_every_device_healthy(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    lost = asyncio.Event()
+
+    class OnUnreachable(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "xpud unreachable" in record.getMessage():
+                lost.set()
+
+    handler = OnUnreachable()
+    logger = logging.getLogger("openxpu_device_plugin.health")
+    logger.addHandler(handler)
+    try:
+        await start_plugin(disable_healthchecks="all")
+        await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+        u0 = uuids(xpud)[0]
+        with xpud.client() as c:
+            c.inject_fault(api.FaultRequest(device="0", code=79))
+        xpud.stop()  # after the fault's events: the plugin has judged them once it sees this
+        await asyncio.wait_for(lost.wait(), 15)
+    finally:
+        logger.removeHandler(handler)
+    _, devices = await kubelet.wait_devices(lambda d: len(d) == 8)
+    assert all_health(devices, "Healthy")
+    resp = await kubelet.allocate([u0])
+    assert resp.container_responses[0].envs["XPU_VISIBLE_DEVICES"] == u0
+
+
+async def test_a_reload_that_ignores_a_fault_rejudges_the_device_at_once(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
+) -> None:
+    config = short_root / "config.yaml"
+    config.write_text("version: v1\n")
+    plugin = await start_plugin(file=config)
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    u0 = uuids(xpud)[0]
+    with xpud.client() as c:
+        c.inject_fault(api.FaultRequest(device="0", code=48))  # sticky: no later event
+    await kubelet.wait_devices(lambda d: d[u0] == "Unhealthy")
+    config.write_text("version: v1\nhealth:\n  disableHealthChecks: [48]\n")
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"), within=10)
+    assert plugin.config.health.ignored_fault_codes == {48}

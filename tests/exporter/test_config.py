@@ -1,7 +1,9 @@
-"""Settings: defaults < YAML file < environment < flags, and clear errors for bad values."""
+"""Settings: defaults < YAML file < OPENXPU_EXPORTER_* environment < flags, and errors that
+name the bad setting and where its value came from."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,22 +51,53 @@ def test_defaults_match_dcgm_exporter_habits(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"port": "0"}, "port must be 1..65535"),
-        ({"port": "x"}, "port:"),
-        ({"refresh_interval": "-1"}, "refresh_interval must be 0..3600"),
-        ({"dcgm_compat": "maybe"}, "not a boolean"),
-        ({"native": "false"}, "at least one of native and dcgm_compat"),
+        ({"port": "0"}, "port: must be 1..65535, got 0 (from flag --listen)"),
+        ({"port": "x"}, "port: Input should be a valid integer"),
+        (
+            {"refresh_interval": "-1"},
+            "refresh_interval: must be 0..3600 s, got -1.0 (from flag --refresh-interval)",
+        ),
+        ({"dcgm_compat": "maybe"}, "dcgm_compat: Input should be a valid boolean"),
+        ({"native": "false"}, "at least one of native and dcgm_compat must be on"),
     ],
 )
 def test_bad_values_are_named(settings: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load(None, settings)
+
+
+def test_bad_values_say_where_they_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plugin's rule, from the one mechanism both use: name the setting and its source."""
+    file = tmp_path / "c.yaml"
+    file.write_text("attribution_interval: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load(file)
+    assert str(err.value) == (
+        "invalid configuration: attribution_interval: must be 0.1..3600 s, got 0.0 "
+        f"(from config file {file})"
+    )
+    monkeypatch.setenv("OPENXPU_EXPORTER_REFRESH_INTERVAL", "soon")
+    with pytest.raises(ConfigError, match=r"\(from env OPENXPU_EXPORTER_REFRESH_INTERVAL\)"):
+        load(file, {"attribution_interval": 5})
+    monkeypatch.setenv("OPENXPU_EXPORTER_LISTEN", ":70000")
+    monkeypatch.delenv("OPENXPU_EXPORTER_REFRESH_INTERVAL")
+    with pytest.raises(ConfigError, match=r"port: .* \(from env OPENXPU_EXPORTER_LISTEN\)"):
+        load()
+
+
+def test_unknown_settings_in_the_file_are_refused(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("dcgm_compat: true\nrefresh_intreval: 2\n")
+    with pytest.raises(ConfigError, match="refresh_intreval: unknown setting"):
+        load(file)
 
 
 def test_bad_file(tmp_path: Path) -> None:
     file = tmp_path / "c.yaml"
     file.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="must hold a mapping"):
+    with pytest.raises(ConfigError, match="must be a mapping"):
         load(file)
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.yaml")

@@ -267,8 +267,8 @@ def test_cli_help_and_bad_settings(short_root: Path) -> None:
     out = run("--help")
     assert out.returncode == 0 and "--dcgm-compat" in out.stdout
     bad = run("--refresh-interval", "-1")
-    assert bad.returncode == 2 and "refresh_interval must be 0..3600" in bad.stderr
+    assert bad.returncode == 2 and "refresh_interval: must be 0..3600" in bad.stderr
     cfg = short_root / "c.yaml"
     cfg.write_text("dcgm_compat: true\nbogus: 1\n")
     bad = run("--config", str(cfg))
-    assert bad.returncode == 2 and "unknown setting(s)" in bad.stderr and "bogus" in bad.stderr
+    assert bad.returncode == 2 and "bogus: unknown setting" in bad.stderr

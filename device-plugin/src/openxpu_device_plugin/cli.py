@@ -1,7 +1,7 @@
 """Entry points: `openxpu-device-plugin` and `openxpu-feature-discovery`.
 
-Settings come from flags, then environment variables, then the config file (`--config-file`
-or $CONFIG_FILE), then defaults; see docs/device-plugin.md.
+Settings come from flags, then environment variables (OPENXPU_DEVICE_PLUGIN_*), then the
+config file (`--config-file`), then defaults; see docs/device-plugin.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from openxpu_device_plugin.config import SETTINGS, Config, ConfigError, ConfigSource
+from openxpu_device_plugin.config import (
+    CONFIG_FILE_ENV,
+    LOG_LEVEL_ENV,
+    PREFIX,
+    SETTINGS,
+    Config,
+    ConfigError,
+    ConfigSource,
+    first_env,
+)
+from openxpu_runtime.settings import add_arguments
 
 log = logging.getLogger("openxpu_device_plugin")
 
@@ -27,19 +37,16 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
         epilog="Precedence: flag > environment variable > config file > default.",
     )
     p.add_argument(
-        "--config-file", default=os.environ.get("CONFIG_FILE"), help="YAML config (env CONFIG_FILE)"
+        "--config-file",
+        default=first_env(os.environ, CONFIG_FILE_ENV),
+        help=f"YAML config (env {' or '.join(CONFIG_FILE_ENV)})",
     )
-    for s in SETTINGS:
-        p.add_argument(
-            f"--{s.flag.replace('_', '-')}",
-            dest=s.flag,
-            default=None,
-            help=f"{s.help} (env {s.env}; file {'.'.join(s.path)})",
-        )
+    add_arguments(p, PREFIX, SETTINGS)
     p.add_argument(
         "--log-level",
-        default=os.environ.get("LOG_LEVEL", "info"),
+        default=(first_env(os.environ, LOG_LEVEL_ENV) or "info").lower(),
         choices=["debug", "info", "warning", "error"],
+        help=f"env {' or '.join(LOG_LEVEL_ENV)}",
     )
     return p
 
@@ -109,12 +116,12 @@ def discovery_main(argv: Sequence[str] | None = None) -> int:
         p.error("--node-name (or env NODE_NAME) is required")
     source, config = _setup(args)
     from openxpu_device_plugin.discovery import FeatureDiscovery
-    from openxpu_device_plugin.kube import KubeClient, KubeError, NodeName, load_credentials
+    from openxpu_device_plugin.kube import KubeClient, KubeError, NodeName
     from openxpu_runtime.errors import XpuError
 
     async def main() -> int:
         try:
-            kube = KubeClient(load_credentials(args.kubeconfig))
+            kube = await KubeClient.connect(args.kubeconfig)
         except KubeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -1,5 +1,6 @@
 """The plugin's configuration: a versioned file (`version: v1`), overridden by environment
-variables, overridden by command-line flags — the same precedence as NVIDIA's plugin.
+variables (OPENXPU_DEVICE_PLUGIN_*), overridden by command-line flags — the same precedence as
+NVIDIA's plugin, through the settings mechanism every OpenXPU component shares.
 
 A bad value is rejected with a message naming the field (as written in the file) and where
 the value came from; the caller keeps the last good configuration in force.
@@ -7,16 +8,20 @@ the value came from; the caller keeps the last good configuration in force.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from openxpu_runtime.settings import Layers, Setting, SettingsError
 
 DEFAULT_RESOURCE = "openxpu.io/xpu"
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
@@ -28,22 +33,10 @@ _RESOURCE_RE = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
     r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-_QUANTITY_RE = re.compile(r"^\s*(\d+)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?\s*$")
-_UNITS = {
-    None: 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the field."""
+# A configuration that cannot be used; the message names the field and its source.
+ConfigError = SettingsError
 
 
 class DeviceListStrategy(StrEnum):
@@ -87,9 +80,15 @@ class TimeSlicing(_Strict):
     @classmethod
     def _memory(cls, value: object) -> str:
         text = str(value).strip()
-        if text in ("even", "none") or _QUANTITY_RE.match(text):
+        if text in ("even", "none"):
             return text
-        raise ValueError('must be "even", "none" or a quantity such as 4Gi or 512Mi')
+        try:
+            parse_quantity(text)
+        except ValueError:
+            raise ValueError(
+                'must be "even", "none" or a positive quantity such as 4Gi, 1.5G or 512Mi'
+            ) from None
+        return text
 
 
 class Sharing(_Strict):
@@ -128,10 +127,51 @@ class Flags(_Strict):
         return value
 
 
+class HealthChecks(_Strict):
+    # NVIDIA's DP_DISABLE_HEALTHCHECKS: "all" advertises every known device Healthy whatever
+    # xpud says (even while xpud is unreachable); a list of fault codes (like XIDs) leaves
+    # those faults out of a device's health, the others still count.
+    disable_health_checks: Literal["all"] | tuple[int, ...] = Field(
+        default=(), alias="disableHealthChecks"
+    )
+
+    @field_validator("disable_health_checks", mode="before")
+    @classmethod
+    def _codes(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if text == "all":
+            return "all"
+        try:
+            return tuple(int(c) for c in text.split(",") if c.strip())
+        except ValueError:
+            raise ValueError(f'must be "all" or fault codes such as 48,94, not {value!r}') from None
+
+    @property
+    def all_disabled(self) -> bool:
+        return self.disable_health_checks == "all"
+
+    @property
+    def ignored_fault_codes(self) -> frozenset[int]:
+        codes = self.disable_health_checks
+        return frozenset() if codes == "all" else frozenset(codes)
+
+
 class Config(_Strict):
-    version: Literal["v1"]
+    version: str
     flags: Flags = Field(default_factory=Flags)
     sharing: Sharing = Field(default_factory=Sharing)
+    health: HealthChecks = Field(default_factory=HealthChecks)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value != "v1":
+            raise ValueError(f"unsupported version {value!r}; this plugin reads v1")
+        return value
 
     @property
     def replicas(self) -> int:
@@ -161,40 +201,54 @@ class Config(_Strict):
 
 
 def parse_quantity(text: str) -> int:
-    m = _QUANTITY_RE.match(text)
-    if not m:
-        raise ValueError(f"not a quantity: {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    """Bytes in a Kubernetes quantity ("4Gi", "1.5G", "2E", "512e6"), rounded up as the
+    kubelet rounds memory; ValueError if Kubernetes would refuse it or it is not positive."""
+    # Imported here: the official client takes a second to import, and most configurations
+    # say "even" or "none".
+    from kubernetes.utils.quantity import parse_quantity as kubernetes_quantity
+
+    value: Decimal = kubernetes_quantity(text)  # type: ignore[no-untyped-call]
+    if value <= 0:
+        raise ValueError(f"not a positive quantity: {text!r}")
+    return math.ceil(value)
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One overridable setting: where it lives in the file, its flag and its env var."""
-
-    path: tuple[str, ...]
-    flag: str
-    env: str
-    help: str
-
-
+PREFIX = "OPENXPU_DEVICE_PLUGIN_"
+# The names before OPENXPU_DEVICE_PLUGIN_* (most as NVIDIA's plugin spells them) still work.
 SETTINGS: tuple[Setting, ...] = (
-    Setting(("flags", "resourceName"), "resource_name", "RESOURCE_NAME", "extended resource"),
+    Setting(("flags", "resourceName"), "resource_name", "extended resource", ("RESOURCE_NAME",)),
     Setting(
         ("flags", "deviceListStrategy"),
         "device_list_strategy",
-        "DEVICE_LIST_STRATEGY",
         "comma-separated: envvar, device-specs, cdi",
+        ("DEVICE_LIST_STRATEGY",),
     ),
     Setting(
-        ("flags", "deviceIDStrategy"), "device_id_strategy", "DEVICE_ID_STRATEGY", "uuid or index"
+        ("flags", "deviceIDStrategy"),
+        "device_id_strategy",
+        "uuid or index",
+        ("DEVICE_ID_STRATEGY",),
     ),
-    Setting(("flags", "pluginDir"), "plugin_dir", "PLUGIN_DIR", "kubelet device-plugin dir"),
-    Setting(("flags", "xpudSocket"), "xpud_socket", "XPUD_SOCKET", "xpud's API socket"),
-    Setting(("flags", "cdiSpecDir"), "cdi_spec_dir", "CDI_SPEC_DIR", "where the CDI spec goes"),
+    Setting(("flags", "pluginDir"), "plugin_dir", "kubelet device-plugin dir", ("PLUGIN_DIR",)),
+    Setting(("flags", "xpudSocket"), "xpud_socket", "xpud's API socket", ("XPUD_SOCKET",)),
+    Setting(("flags", "cdiSpecDir"), "cdi_spec_dir", "where the CDI spec goes", ("CDI_SPEC_DIR",)),
     Setting(
-        ("sharing", "timeSlicing", "replicas"), "replicas", "REPLICAS", "time-slicing replicas"
+        ("sharing", "timeSlicing", "replicas"), "replicas", "time-slicing replicas", ("REPLICAS",)
+    ),
+    Setting(
+        ("health", "disableHealthChecks"),
+        "disable_healthchecks",
+        '"all", or comma-separated fault codes to ignore',
+        ("DP_DISABLE_HEALTHCHECKS",),
     ),
 )
+# The config file and log level: read before the settings, so not settings themselves.
+CONFIG_FILE_ENV = (PREFIX + "CONFIG_FILE", "CONFIG_FILE")
+LOG_LEVEL_ENV = (PREFIX + "LOG_LEVEL", "LOG_LEVEL")
+
+
+def first_env(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    return next((env[n] for n in names if env.get(n)), None)
 
 
 @dataclass
@@ -206,58 +260,35 @@ class ConfigSource:
     flags: Mapping[str, str | None] = field(default_factory=dict)
 
     def load(self) -> Config:
-        raw, origin = self._file_data()
-        provenance: dict[tuple[str, ...], str] = {}
-        for s in SETTINGS:
-            value: str | None = None
-            if self.flags.get(s.flag) is not None:
-                value, provenance[s.path] = self.flags[s.flag], f"flag --{s.flag.replace('_', '-')}"
-            elif self.env.get(s.env):
-                value, provenance[s.path] = self.env[s.env], f"env {s.env}"
-            if value is not None:
-                _set(raw, s.path, value)
-        try:
-            return Config.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc, origin, provenance)) from None
-
-    def _file_data(self) -> tuple[dict[str, Any], str]:
+        layers = Layers(PREFIX, SETTINGS, self.file, self.env, self.flags)
+        data = layers.read_file()
         if self.file is None:
-            return {"version": "v1"}, "defaults"
-        origin = f"config file {self.file}"
-        try:
-            data = yaml.safe_load(self.file.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{origin}: cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{origin}: must be a mapping with `version: v1`")
-        if "version" not in data:
-            raise ConfigError(f"{origin}: version: required (this plugin reads `version: v1`)")
-        return data, origin
+            data = {"version": "v1"}
+        elif "version" not in data:
+            raise ConfigError(
+                f"{layers.origin}: version: required (this plugin reads `version: v1`)"
+            )
+        return layers.validate(Config, data, layers.overlay(data))
 
 
-def _set(data: dict[str, Any], path: tuple[str, ...], value: str) -> None:
-    node = data
-    for key in path[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            node[key] = child
-        node = child
-    node[path[-1]] = value
+async def watch_config(source: ConfigSource, interval: float, reload: Callable[[], object]) -> None:
+    """Call `reload` whenever the config file's mtime changes; never returns (cancel it).
+
+    The first poll always reloads, so an edit made between the initial load and the start of
+    this watch is not missed (reloading an unchanged file is a no-op for the callers).
+    """
+    if source.file is None:
+        return
+    last: int | None = -1
+    while True:
+        await asyncio.sleep(interval)
+        if (now := _mtime(source.file)) != last:
+            last = now
+            reload()
 
 
-def _describe(exc: ValidationError, origin: str, provenance: dict[tuple[str, ...], str]) -> str:
-    problems = []
-    for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"])
-        where = provenance.get(loc[:3]) or provenance.get(loc[:2]) or origin
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "literal_error" and loc == ("version",):
-            msg = f"unsupported version {err.get('input')!r}; this plugin reads v1"
-        problems.append(f"{'.'.join(loc) or '(top level)'}: {msg} (from {where})")
-    return "invalid configuration: " + "; ".join(problems)
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

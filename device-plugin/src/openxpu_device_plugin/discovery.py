@@ -14,9 +14,10 @@ import logging
 from pathlib import Path
 
 from openxpu_device_plugin import labels
-from openxpu_device_plugin.config import Config, ConfigError, ConfigSource
+from openxpu_device_plugin.config import Config, ConfigError, ConfigSource, watch_config
 from openxpu_device_plugin.health import Backoff
 from openxpu_device_plugin.kube import KubeClient, KubeError, NodeName
+from openxpu_device_plugin.supervise import supervise
 from openxpu_runtime.client import AsyncXpudClient
 from openxpu_runtime.errors import XpuError
 
@@ -39,8 +40,6 @@ class FeatureDiscovery:
         self.node = node
         self.interval = interval
         self.config_poll = config_poll
-        self.applied: dict[str, str] | None = None
-        self.passes = 0
         self._wake = asyncio.Event()
 
     @property
@@ -52,13 +51,10 @@ class FeatureDiscovery:
         async with AsyncXpudClient(self.socket) as xpud:
             inventory = await xpud.inventory()
         wanted = labels.compute(inventory, self.config)
-        node = await self.kube.get_node(self.node)
-        patch = labels.patch_for(node.get("metadata", {}).get("labels", {}), wanted)
+        patch = labels.patch_for(await self.kube.node_labels(self.node), wanted)
         if patch:
             await self.kube.patch_node_labels(self.node, patch)
             log.info("labelled node %s: %s", self.node, patch)
-        self.applied = wanted
-        self.passes += 1
         return patch
 
     def wake(self) -> None:
@@ -84,28 +80,27 @@ class FeatureDiscovery:
                 log.debug("xpud: %s", exc)
             await asyncio.sleep(backoff.next())
 
-    async def _watch_config(self) -> None:
-        if self.source.file is None:
+    def reload(self) -> None:
+        """Re-read the configuration; on error keep the last good one."""
+        try:
+            new = self.source.load()
+        except ConfigError as exc:
+            log.error("%s; keeping the last good configuration", exc)
             return
-        # Unknown at first: the first poll re-reads the file, so an edit made between
-        # the initial load and this task's start is not missed (equal configs are no-ops).
-        last: float | int | None = -1
-        while True:
-            await asyncio.sleep(self.config_poll)
-            if (now := _mtime(self.source.file)) == last:
-                continue
-            last = now
-            try:
-                new = self.source.load()
-            except ConfigError as exc:
-                log.error("%s; keeping the last good configuration", exc)
-                continue
-            if new != self.config:
-                self.config = new
-                self.wake()
+        if new != self.config:
+            self.config = new
+            self.wake()
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._watch_xpud()), asyncio.create_task(self._watch_config())]
+        tasks = [
+            asyncio.create_task(supervise("the xpud watch", self._watch_xpud)),
+            asyncio.create_task(
+                supervise(
+                    "the config watch",
+                    lambda: watch_config(self.source, self.config_poll, self.reload),
+                )
+            ),
+        ]
         backoff = Backoff(initial=1.0, cap=30.0)
         try:
             while True:
@@ -117,6 +112,17 @@ class FeatureDiscovery:
                 except (XpuError, KubeError, OSError) as exc:
                     timeout = backoff.next()
                     log.error("labelling failed (%s); retrying in %.1fs", exc, timeout)
+                except Exception as exc:
+                    # Not foreseen, so with its traceback; but an outage of xpud or the API
+                    # server must never end the process (a CrashLoopBackOff outlasts it).
+                    timeout = backoff.next()
+                    log.error(
+                        "labelling failed (%s: %s); retrying in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        timeout,
+                        exc_info=exc,
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
@@ -125,10 +131,3 @@ class FeatureDiscovery:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-
-
-def _mtime(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None

@@ -1,155 +1,117 @@
-"""A minimal Kubernetes API client for one job: read and label this plugin's own Node.
+"""The Kubernetes API for feature discovery: read and label this plugin's own Node.
 
-Feature discovery needs two calls (GET and a merge PATCH of one Node), so a small typed
-httpx client replaces a full client library. Credentials come from a kubeconfig
-(`--kubeconfig` / $KUBECONFIG) or, inside a pod, the service account.
+The official client's asyncio flavour (`kubernetes.aio`) does the connecting: a kubeconfig
+(`--kubeconfig`, else every file in $KUBECONFIG, merged as kubectl merges them, with exec
+credential plugins), or inside a pod the service account, whose bound token is re-read as
+the kubelet rotates it. Every failure of a call, whatever layer raised it, is a KubeError.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import json
 import os
-import ssl
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NewType, TypedDict
+from typing import NewType
 
-import httpx
-import yaml
+from kubernetes.aio import client, config
+from kubernetes.aio.config.config_exception import ConfigException
+from kubernetes.aio.config.incluster_config import InClusterConfigLoader
 
 NodeName = NewType("NodeName", str)
 # A merge patch of labels: a value of None deletes the label.
 LabelPatch = dict[str, str | None]
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-
-
-class ObjectMeta(TypedDict, total=False):
-    name: str
-    labels: dict[str, str]
-    resourceVersion: str
-
-
-class Node(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
+# Seconds: one node's GET or PATCH is small, and a hung call must not stall
+# the labeller past its retry.
+TIMEOUT = 10.0
 
 
 class KubeError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    ssl: ssl.SSLContext | bool
-    token: str | None = None
-
-
-def _materialize(data: str, suffix: str) -> str:
-    """A base64 `*-data` field as a private temp file, as ssl wants paths."""
-    fd, path = tempfile.mkstemp(prefix="openxpu-kube-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64decode(data))
-    return path
-
-
-def _pick(items: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]:
-    for item in items:
-        if item.get("name") == name:
-            found: dict[str, Any] = item.get(what) or {}
-            return found
-    raise KubeError(f"kubeconfig has no {what} named {name!r}")
-
-
-def from_kubeconfig(path: Path) -> Credentials:
+async def configure(
+    kubeconfig: str | None = None,
+    sa_dir: Path = SA_DIR,
+    environ: dict[str, str] | None = None,
+) -> client.Configuration:
+    """Credentials from `kubeconfig`, else $KUBECONFIG, else the pod's service account."""
+    env = dict(os.environ) if environ is None else environ
+    configuration = client.Configuration()
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise KubeError(f"cannot read kubeconfig {path}: {exc}") from None
-    base = path.parent
-    context = _pick(doc.get("contexts", []), doc.get("current-context", ""), "context")
-    cluster = _pick(doc.get("clusters", []), context.get("cluster", ""), "cluster")
-    user = _pick(doc.get("users", []), context.get("user", ""), "user")
-
-    def file_of(key: str, suffix: str, section: dict[str, Any]) -> str | None:
-        if section.get(f"{key}-data"):
-            return _materialize(section[f"{key}-data"], suffix)
-        if section.get(key):
-            return str(base / section[key])
-        return None
-
-    ctx: ssl.SSLContext | bool
-    if cluster.get("insecure-skip-tls-verify"):
-        ctx = False
-    else:
-        ctx = ssl.create_default_context(cafile=file_of("certificate-authority", ".crt", cluster))
-    cert = file_of("client-certificate", ".crt", user)
-    key = file_of("client-key", ".key", user)
-    if cert and key:
-        if isinstance(ctx, bool):
-            ctx = ssl.create_default_context()
-            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        ctx.load_cert_chain(cert, key)
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = Path(user["tokenFile"]).read_text().strip()
-    return Credentials(server=str(cluster["server"]).rstrip("/"), ssl=ctx, token=token)
-
-
-def in_cluster() -> Credentials:
-    host, port = (
-        os.environ.get("KUBERNETES_SERVICE_HOST"),
-        os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
-    )
-    if not host:
-        raise KubeError("not in a cluster (no KUBERNETES_SERVICE_HOST) and no kubeconfig given")
-    if ":" in host:
-        host = f"[{host}]"
-    ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
-    return Credentials(f"https://{host}:{port}", ctx, (SA_DIR / "token").read_text().strip())
-
-
-def load_credentials(kubeconfig: str | None) -> Credentials:
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        return from_kubeconfig(Path(path.split(os.pathsep)[0]))
-    return in_cluster()
+        if kubeconfig or env.get("KUBECONFIG"):
+            # The client merges a $KUBECONFIG list (path-separated) like kubectl does.
+            # The client's config loaders are not annotated.
+            await config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig or env["KUBECONFIG"],
+                client_configuration=configuration,
+                persist_config=False,
+            )
+        else:
+            if not env.get("KUBERNETES_SERVICE_HOST"):
+                raise KubeError(
+                    "not in a cluster (no KUBERNETES_SERVICE_HOST) and no kubeconfig given"
+                )
+            loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
+                token_filename=str(sa_dir / "token"),
+                cert_filename=str(sa_dir / "ca.crt"),
+                # Re-read the token file (a bound token the kubelet rotates) every minute.
+                try_refresh_token=True,
+                environ=env,
+            )
+            loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, ValueError) as exc:
+        raise KubeError(f"cannot load Kubernetes credentials: {exc}") from None
+    # The labeller retries with its own backoff; the client's retries would only hide an outage.
+    configuration.retries = 0
+    return configuration
 
 
 class KubeClient:
-    def __init__(self, creds: Credentials) -> None:
-        headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
-        self._http = httpx.AsyncClient(
-            base_url=creds.server, verify=creds.ssl, headers=headers, timeout=TIMEOUT
-        )
+    def __init__(self, configuration: client.Configuration) -> None:
+        self._api = client.ApiClient(configuration)
+        self._core = client.CoreV1Api(self._api)
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None) -> KubeClient:
+        return cls(await configure(kubeconfig))
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._api.close()  # type: ignore[no-untyped-call]
 
-    async def _check(self, r: httpx.Response, what: str) -> None:
-        if r.status_code >= 400:
-            try:
-                message = r.json().get("message", r.text)
-            except ValueError:
-                message = r.text
-            raise KubeError(f"{what}: {r.status_code} {message}")
+    async def node_labels(self, name: NodeName) -> dict[str, str]:
+        try:
+            node = await self._core.read_node(name, _request_timeout=TIMEOUT)
+        except Exception as exc:
+            raise _error(f"get node {name}", exc) from None
+        return dict(node.metadata.labels or {}) if node.metadata else {}
 
-    async def get_node(self, name: NodeName) -> Node:
-        r = await self._http.get(f"/api/v1/nodes/{name}")
-        await self._check(r, f"get node {name}")
-        node: Node = r.json()
-        return node
+    async def patch_node_labels(self, name: NodeName, labels: LabelPatch) -> dict[str, str]:
+        """Apply a merge patch to the node's labels; returns the labels after it."""
+        try:
+            node = await self._core.patch_node(
+                name,
+                {"metadata": {"labels": labels}},
+                _content_type="application/merge-patch+json",
+                _request_timeout=TIMEOUT,
+            )
+        except Exception as exc:
+            raise _error(f"label node {name}", exc) from None
+        return dict(node.metadata.labels or {}) if node.metadata else {}
 
-    async def patch_node_labels(self, name: NodeName, labels: LabelPatch) -> Node:
-        r = await self._http.patch(
-            f"/api/v1/nodes/{name}",
-            json={"metadata": {"labels": labels}},
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        await self._check(r, f"label node {name}")
-        node: Node = r.json()
-        return node
+
+def _error(what: str, exc: Exception) -> KubeError:
+    if isinstance(exc, client.ApiException):
+        try:
+            message = json.loads(exc.body or "")["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        return KubeError(f"{what}: {exc.status} {message}")
+    # aiohttp's connection errors are OSErrors.
+    if isinstance(exc, OSError | asyncio.TimeoutError):
+        return KubeError(f"{what}: cannot reach the API server: {exc or type(exc).__name__}")
+    # A client-side failure we did not foresee (a bad token file mid-rotation, a response
+    # the client cannot decode): still this one call's failure, to be retried.
+    return KubeError(f"{what}: {type(exc).__name__}: {exc}")

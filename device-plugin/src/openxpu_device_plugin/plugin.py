@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from openxpu_device_plugin import cdi
-from openxpu_device_plugin.config import Config, ConfigError, ConfigSource
+from openxpu_device_plugin.config import Config, ConfigError, ConfigSource, watch_config
 from openxpu_device_plugin.health import Backoff, HealthWatcher
-from openxpu_device_plugin.registration import register, wait_for_kubelet_restart
+from openxpu_device_plugin.registration import (
+    REGISTER_TIMEOUT,
+    register,
+    wait_for_kubelet_restart,
+)
 from openxpu_device_plugin.resources import ResourceManager
 from openxpu_device_plugin.server import PluginServer
+from openxpu_device_plugin.supervise import supervise
 from openxpu_runtime import api
 
 log = logging.getLogger(__name__)
@@ -29,13 +34,23 @@ def endpoint_for(resource: str) -> str:
 
 
 class DevicePlugin:
-    def __init__(self, source: ConfigSource, config: Config, config_poll: float = 2.0) -> None:
+    def __init__(
+        self,
+        source: ConfigSource,
+        config: Config,
+        config_poll: float = 2.0,
+        register_timeout: float = REGISTER_TIMEOUT,
+    ) -> None:
         self.source = source
         self.config = config
         self.config_poll = config_poll
+        self.register_timeout = register_timeout
         self.rm = ResourceManager(config)
         self.health = HealthWatcher(
-            self.rm, Path(config.flags.xpud_socket), on_inventory=self._inventory_changed
+            self.rm,
+            Path(config.flags.xpud_socket),
+            on_inventory=self._inventory_changed,
+            checks=lambda: self.config.health,
         )
         self.registered = asyncio.Event()
         self.registrations = 0
@@ -87,14 +102,21 @@ class DevicePlugin:
             return False
         if new.flags.xpud_socket != self.config.flags.xpud_socket:
             log.warning("xpudSocket changes take effect on the next start of the plugin")
+        health_changed = new.health != self.config.health
         self.config = new
         self.rm.apply_config(new)
+        if health_changed:
+            self.health.resync()
         log.info("configuration changed: %s", new.model_dump(by_alias=True, mode="json"))
         self._write_cdi()
         self.request_restart("configuration changed")
         return True
 
     # -- the work -------------------------------------------------------------------------
+
+    def _health_crashed(self, exc: Exception) -> None:
+        # Until the watch is back, nothing vouches for the devices: stale health is worse.
+        self.rm.set_unreachable(f"the health watch failed: {type(exc).__name__}: {exc}")
 
     async def _inventory_changed(self, inventory: api.Inventory) -> None:
         self._write_cdi()
@@ -109,26 +131,18 @@ class DevicePlugin:
         except OSError as exc:
             log.error("cannot write the CDI spec in %s: %s", self.config.flags.cdi_spec_dir, exc)
 
-    async def _watch_config(self) -> None:
-        if self.source.file is None:
-            return
-        # Unknown at first: the first poll re-reads the file, so an edit made between
-        # the initial load and this task's start is not missed (equal configs are no-ops).
-        last: float | int | None = -1
-        while True:
-            await asyncio.sleep(self.config_poll)
-            now = _mtime(self.source.file)
-            if now != last:
-                last = now
-                self.reload()
-
     async def _serve_once(self, backoff: Backoff) -> None:
         server = PluginServer(self.rm, self.socket)
         self.server = server
         try:
             await server.start()
             registering = asyncio.ensure_future(
-                register(self.plugin_dir, self.socket.name, self.config.advertised_resource)
+                register(
+                    self.plugin_dir,
+                    self.socket.name,
+                    self.config.advertised_resource,
+                    self.register_timeout,
+                )
             )
             # SIGTERM must not wait out a slow kubelet's registration timeout.
             await _first(self._stop.wait(), registering)
@@ -167,8 +181,17 @@ class DevicePlugin:
 
     async def run(self) -> None:
         tasks = [
-            asyncio.create_task(self.health.run(), name="health"),
-            asyncio.create_task(self._watch_config(), name="config"),
+            asyncio.create_task(
+                supervise("the health watch", self.health.run, self._health_crashed),
+                name="health",
+            ),
+            asyncio.create_task(
+                supervise(
+                    "the config watch",
+                    lambda: watch_config(self.source, self.config_poll, self.reload),
+                ),
+                name="config",
+            ),
         ]
         backoff = Backoff(initial=0.2, cap=10.0)
         try:
@@ -183,13 +206,6 @@ class DevicePlugin:
             if self.server is not None:
                 await self.server.stop()
             log.info("device plugin stopped")
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime_ns / 1e9
-    except OSError:
-        return None
 
 
 async def _first(*aws: Awaitable[Any]) -> None:

@@ -22,7 +22,9 @@ KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT = 10.0
 
 
-async def register(plugin_dir: Path, endpoint: str, resource_name: str) -> None:
+async def register(
+    plugin_dir: Path, endpoint: str, resource_name: str, wait: float = REGISTER_TIMEOUT
+) -> None:
     """Register `endpoint` (a socket name inside `plugin_dir`); raises aio.AioRpcError."""
     async with aio.insecure_channel(f"unix://{plugin_dir / KUBELET_SOCKET}") as channel:
         stub = rpc.RegistrationStub(channel)
@@ -33,7 +35,7 @@ async def register(plugin_dir: Path, endpoint: str, resource_name: str) -> None:
                 resource_name=resource_name,
                 options=OPTIONS,
             ),
-            timeout=REGISTER_TIMEOUT,
+            timeout=wait,
             wait_for_ready=True,
         )
 

@@ -121,10 +121,6 @@ class ResourceManager:
     # -- state ----------------------------------------------------------------------------
 
     @property
-    def config(self) -> Config:
-        return self._config
-
-    @property
     def xpus(self) -> list[Xpu]:
         return list(self._xpus)
 
@@ -167,6 +163,8 @@ class ResourceManager:
             self._notify()
 
     def _schedulable(self, uuid: str) -> bool:
+        if self._config.health.all_disabled:
+            return uuid in self._health  # known is enough: health checks are off
         return self._reachable and self._health.get(uuid) in SCHEDULABLE
 
     def _rebuild(self) -> None:

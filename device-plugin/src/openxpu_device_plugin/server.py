@@ -5,6 +5,7 @@ manager's answers into the kubelet's messages, nothing more.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -54,7 +55,6 @@ def to_response(a: ContainerAllocation) -> pb.ContainerAllocateResponse:
 class DevicePluginService(rpc.DevicePluginServicer):
     def __init__(self, rm: ResourceManager) -> None:
         self.rm = rm
-        self.streams = 0
 
     async def GetDevicePluginOptions(
         self, request: pb.Empty, context: aio.ServicerContext[pb.Empty, pb.DevicePluginOptions]
@@ -65,15 +65,11 @@ class DevicePluginService(rpc.DevicePluginServicer):
         self, request: pb.Empty, context: aio.ServicerContext[pb.Empty, pb.ListAndWatchResponse]
     ) -> AsyncIterator[pb.ListAndWatchResponse]:
         # Every change (health, inventory, config) re-sends the whole list, as the API asks.
-        self.streams += 1
-        try:
-            generation = self.rm.generation
+        generation = self.rm.generation
+        yield pb.ListAndWatchResponse(devices=to_devices(self.rm))
+        while True:
+            generation = await self.rm.wait_changed(generation)
             yield pb.ListAndWatchResponse(devices=to_devices(self.rm))
-            while True:
-                generation = await self.rm.wait_changed(generation)
-                yield pb.ListAndWatchResponse(devices=to_devices(self.rm))
-        finally:
-            self.streams -= 1
 
     async def GetPreferredAllocation(
         self,
@@ -124,21 +120,42 @@ class PluginServer:
         self.socket = socket
         self.service = DevicePluginService(rm)
         self._server: aio.Server | None = None
+        # (st_dev, st_ino) of the socket this server bound, while it may still be at the path.
+        self._bound: tuple[int, int] | None = None
 
     async def start(self) -> None:
         self.socket.parent.mkdir(parents=True, exist_ok=True)
-        # A stale socket from an earlier run would make bind fail.
-        self.socket.unlink(missing_ok=True)
+        # Bind under a private name, then rename over the public one: the path never goes
+        # missing (a stale socket from an earlier run is replaced atomically), and gRPC's own
+        # unlink of its listening path at shutdown hits the private name, which is gone.
+        staging = self.socket.with_name(f".{self.socket.name}.{os.getpid()}.{id(self)}")
+        staging.unlink(missing_ok=True)
         server = aio.server()
         rpc.add_DevicePluginServicer_to_server(self.service, server)
-        if server.add_insecure_port(f"unix://{self.socket}") == 0:
-            raise OSError(f"cannot listen on {self.socket}")
-        await server.start()
-        self._server = server
+        try:
+            if server.add_insecure_port(f"unix://{staging}") == 0:
+                raise OSError(f"cannot listen on {self.socket}")
+            await server.start()
+            self._server = server
+            os.replace(staging, self.socket)
+        finally:
+            staging.unlink(missing_ok=True)
+        self._bound = _inode(self.socket)
 
     async def stop(self, grace: float = 0.05) -> None:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        # Only remove the socket if it is still ours (a restarted kubelet may have wiped it).
-        self.socket.unlink(missing_ok=True)
+        # Remove the socket only if the path still names the one we bound: a restarted
+        # kubelet may have wiped it, and a newer plugin (a new pod) may have bound its own.
+        if self._bound is not None and _inode(self.socket) == self._bound:
+            self.socket.unlink(missing_ok=True)
+        self._bound = None
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -1,16 +1,25 @@
-"""Exporter settings: flags, environment and an optional YAML file, validated in one place."""
+"""Exporter settings: flags, OPENXPU_EXPORTER_* environment and an optional YAML file, through
+the settings mechanism every OpenXPU component shares (openxpu_runtime.settings)."""
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from openxpu_runtime.paths import default_socket
+from openxpu_runtime.settings import Layers, Setting, SettingsError
 
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 # dcgm-exporter listens on 9400; users' ServiceMonitors and firewall rules already know it.
@@ -21,8 +30,8 @@ RESOURCE_NAMES = ("openxpu.io/xpu", "openxpu.io/xpu.shared")
 ENV_PREFIX = "OPENXPU_EXPORTER_"
 
 
-class ConfigError(ValueError):
-    """A setting is invalid; the message names it and says what is allowed."""
+# A setting is invalid; the message names it, says what is allowed and where it came from.
+ConfigError = SettingsError
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -34,11 +43,24 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ConfigError(f"listen: expected HOST:PORT or :PORT, got {value!r}") from None
 
 
-@dataclass(frozen=True)
-class Config:
+# Seconds, inclusive.
+_INTERVALS = {"refresh_interval": (0.0, 3600.0), "attribution_interval": (0.1, 3600.0)}
+
+
+def _items(value: object) -> object:
+    """A comma-separated string (env, file) or any iterable (flags, code) as stripped items."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, Iterable):
+        return [str(i).strip() for i in items if str(i).strip()]
+    return value
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    xpud_socket: Path = field(default_factory=default_socket)
+    xpud_socket: Path = Field(default_factory=default_socket)
     kubelet_socket: Path = DEFAULT_KUBELET_SOCKET
     # Pod labels from the kubelet's PodResources API; off outside Kubernetes.
     pod_attribution: bool = True
@@ -49,84 +71,66 @@ class Config:
     # latest snapshot (see docs/exporter.md for the measurements behind the default).
     refresh_interval: float = 1.0
     attribution_interval: float = 5.0
-    hostname: str = field(
+    hostname: str = Field(
         default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname()
     )
     # Metric names (native or DCGM) left out of /metrics.
     disabled_metrics: frozenset[str] = frozenset()
     resource_names: tuple[str, ...] = RESOURCE_NAMES
 
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be 1..65535, got {self.port}")
-        if self.refresh_interval < 0 or self.refresh_interval > 3600:
-            raise ConfigError(f"refresh_interval must be 0..3600 s, got {self.refresh_interval}")
-        if not 0.1 <= self.attribution_interval <= 3600:
-            raise ConfigError(
-                f"attribution_interval must be 0.1..3600 s, got {self.attribution_interval}"
-            )
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        if not 0 < value < 65536:
+            raise ValueError(f"must be 1..65535, got {value}")
+        return value
+
+    @field_validator("refresh_interval", "attribution_interval")
+    @classmethod
+    def _interval(cls, value: float, info: ValidationInfo) -> float:
+        low, high = _INTERVALS[info.field_name or ""]
+        if not low <= value <= high:
+            raise ValueError(f"must be {low:g}..{high:g} s, got {value}")
+        return value
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("disabled_metrics", "resource_names", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _items(value)
+
+    @model_validator(mode="after")
+    def _some_names(self) -> Config:
         if not (self.native or self.dcgm_compat):
-            raise ConfigError("at least one of native and dcgm_compat must be on")
-        if not self.hostname:
-            raise ConfigError("hostname must not be empty")
+            raise ValueError("at least one of native and dcgm_compat must be on")
+        return self
 
 
-_PATHS = {"xpud_socket", "kubelet_socket"}
-_FLOATS = {"refresh_interval", "attribution_interval"}
-_BOOLS = {"pod_attribution", "native", "dcgm_compat"}
-
-
-def _coerce(key: str, value: Any) -> Any:
-    try:
-        if key in _PATHS:
-            return Path(str(value))
-        if key in _FLOATS:
-            return float(value)
-        if key == "port":
-            return int(value)
-        if key in _BOOLS:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {value!r}")
-        if key == "disabled_metrics":
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return frozenset(str(i).strip() for i in items if str(i).strip())
-        if key == "resource_names":
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(i).strip() for i in items if str(i).strip())
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+# Every field but host and port: for a Service named openxpu-exporter Kubernetes injects
+# OPENXPU_EXPORTER_PORT=tcp://… into every pod. The address comes from ..._LISTEN.
+SETTINGS = tuple(
+    Setting((name,), name) for name in Config.model_fields if name not in ("host", "port")
+)
 
 
 def load(file: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults < YAML file < OPENXPU_EXPORTER_* environment < explicit overrides (flags)."""
-    names = {f.name for f in fields(Config)}
-    values: dict[str, Any] = {}
-    if file is not None:
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config file {file}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {file} must hold a mapping")
-        unknown = sorted(set(map(str, data)) - names)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) in {file}: {', '.join(unknown)}")
-        values.update(data)
-    # Not host and port: for a Service named openxpu-exporter Kubernetes injects
-    # OPENXPU_EXPORTER_PORT=tcp://… into every pod. The address comes from ..._LISTEN.
-    for name in names - {"host", "port"}:
-        env = os.environ.get(f"{ENV_PREFIX}{name.upper()}")
-        if env is not None:
-            values[name] = env
+    flags = dict(overrides or {})
+    address = {k: flags.pop(k) for k in ("host", "port") if flags.get(k) is not None}
+    layers = Layers(ENV_PREFIX, SETTINGS, file, dict(os.environ), flags)
+    data = layers.read_file()
+    provenance = layers.overlay(data)
     listen = os.environ.get(f"{ENV_PREFIX}LISTEN")
-    if listen is not None:
-        values["host"], values["port"] = parse_listen(listen)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return Config(**{k: _coerce(k, v) for k, v in values.items()})
+    if address:
+        data.update(address)
+        provenance.update({(k,): "flag --listen" for k in address})
+    elif listen is not None:
+        data["host"], data["port"] = parse_listen(listen)
+        provenance.update({(k,): f"env {ENV_PREFIX}LISTEN" for k in ("host", "port")})
+    return layers.validate(Config, data, provenance)

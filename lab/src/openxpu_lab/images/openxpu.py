@@ -1,4 +1,5 @@
-"""The OpenXPU image: wheels of the workspace packages + images/openxpu/Dockerfile."""
+"""The OpenXPU image: wheels of the workspace packages, their dependencies exported from
+uv.lock (requirements.txt, hash-pinned), and images/openxpu/Dockerfile."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 
 from openxpu_lab import paths
@@ -41,6 +43,7 @@ def source_key(repo: Path) -> str:
     """Hash of the Dockerfile and every member's sources: the image's cache key."""
     h = hashlib.sha256()
     h.update((repo / "images" / "openxpu" / "Dockerfile").read_bytes())
+    h.update((repo / "uv.lock").read_bytes())  # the image installs what the lock pins
     for m in members(repo):
         files = [m / "pyproject.toml", *sorted((m / "src").rglob("*"))]
         for f in files:
@@ -80,6 +83,27 @@ def build_wheels(repo: Path, out: Path, progress: Progress) -> None:
                 )
 
 
+def export_requirements(repo: Path, out: Path, progress: Progress) -> None:
+    """The members' third-party dependencies as uv.lock pins them, with hashes, so the image
+    installs what the tests ran against instead of resolving afresh."""
+    uv = _uv()
+    if uv is None:
+        raise LabError("uv is needed to export uv.lock for the image (`make setup` installs it)")
+    names = [
+        tomllib.loads((m / "pyproject.toml").read_text())["project"]["name"] for m in members(repo)
+    ]
+    with progress.step("exporting the locked dependencies"):
+        run(
+            [
+                uv, "export", "--frozen", "--no-dev", "--no-emit-workspace", "--quiet",
+                *(arg for name in names for arg in ("--package", name)),
+                "--output-file", str(out),
+            ],
+            cwd=repo,
+            timeout=120,
+        )  # fmt: skip
+
+
 def ensure_image(progress: Progress, force: bool = False) -> Path:
     """The OCI archive of the OpenXPU image for the current sources (cached by content)."""
     repo = repo_root()
@@ -92,6 +116,7 @@ def ensure_image(progress: Progress, force: bool = False) -> Path:
         ctx = Path(tmp)
         shutil.copy2(repo / "images" / "openxpu" / "Dockerfile", ctx / "Dockerfile")
         build_wheels(repo, ctx / "wheels", progress)
+        export_requirements(repo, ctx / "requirements.txt", progress)
         paths.images_dir().mkdir(parents=True, exist_ok=True)
         builder.build(ctx / "Dockerfile", ctx, OPENXPU_NAME, out, progress)
     for old in paths.images_dir().glob("openxpu-*.tar"):
