@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent import futures
@@ -169,3 +171,40 @@ def running_exporter(
         yield proc
     finally:
         proc.stop()
+
+
+class Exchange(NamedTuple):
+    accept: str
+    content_type: str
+
+
+@contextlib.contextmanager
+def recording_proxy(upstream: str) -> Iterator[tuple[int, list[Exchange]]]:
+    """An HTTP proxy in front of `upstream` on a loopback port: yields its port and the list
+    of (Accept sent, Content-Type answered) it records for every request passing through."""
+    exchanges: list[Exchange] = []
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            accept = self.headers.get("Accept", "")
+            answer = httpx.get(upstream + self.path, headers={"accept": accept}, timeout=5.0)
+            content_type = answer.headers.get("content-type", "")
+            exchanges.append(Exchange(accept, content_type))
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, format: str, *args: object) -> None:  # silence per-request lines
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], exchanges
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -12,14 +12,14 @@ from typing import Any
 import grpc.aio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from openxpu_exporter import __version__
 from openxpu_exporter.attribution import PodResourcesClient
 from openxpu_exporter.collector import XpuCollector, pod_labels
 from openxpu_exporter.config import Config
-from openxpu_exporter.exposition import TextEncoder
+from openxpu_exporter.exposition import TEXT_CONTENT_TYPE, TextEncoder, serves_text
 from openxpu_exporter.snapshot import ExporterState, SnapshotReader
 from openxpu_runtime.client import AsyncXpudClient
 
@@ -124,11 +124,10 @@ class Exporter:
         started = time.perf_counter()
         if self.config.refresh_interval == 0:
             await self.refresh_snapshot()
-        encoder, content_type = choose_encoder(accept or "")
-        if encoder is generate_latest:
-            # The text format Prometheus asks for by default: the fast, equivalent encoder.
-            body = self.encoder.encode(self.registry)
-        else:
+        if serves_text(accept):
+            body, content_type = self.encoder.encode(self.registry), TEXT_CONTENT_TYPE
+        else:  # a client that takes OpenMetrics only: prometheus-client's encoder
+            encoder, content_type = choose_encoder(accept or "")
             body = encoder(self.registry)
         self.scrape_seconds.observe(time.perf_counter() - started)
         return body, content_type
