@@ -20,6 +20,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from openxpu_exporter.podresourcesapi import api_pb2, api_pb2_grpc
+from openxpu_runtime.client import wait_until_answering
+from openxpu_runtime.testing import XpudProcess
 
 RESOURCE = "openxpu.io/xpu"
 
@@ -75,6 +77,28 @@ class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+class SkewedXpud(XpudProcess):
+    """A real xpud whose telemetry a newer release's would be while `skew` exists
+    (skewed_xpud.py says how)."""
+
+    SCRIPT = Path(__file__).with_name("skewed_xpud.py")
+
+    def __init__(self, root: Path, *args: str) -> None:
+        super().__init__(root, *args)
+        self.skew = root / "skew"
+
+    def start(self, timeout: float = 15.0) -> SkewedXpud:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OPENXPU_TEST_SKEW_FILE": str(self.skew)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(self.SCRIPT), *self.args, "--log-level", "warning"],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        wait_until_answering(self.socket, self.proc.poll, timeout)
+        return self
 
 
 class Series(NamedTuple):

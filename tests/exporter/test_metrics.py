@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
-from .support import Series, one, parse, running_exporter, select
+from .support import Series, SkewedXpud, one, parse, running_exporter, select
 
 pytestmark = pytest.mark.integration
 
@@ -185,6 +186,62 @@ async def test_losing_xpud_withholds_device_metrics(
     assert len(select(series, "openxpu_utilization_ratio")) == 8
 
 
+def allocation_seen(series: list[Series]) -> bool:
+    """The 5 MiB the tests allocate on device 3."""
+    return one(series, "openxpu_memory_used_bytes", xpu="3").value == 5 * MIB
+
+
+async def eventually(exporter: Any, check: Any, what: str) -> None:
+    """Scrape until `check(series)` holds, for up to 5 s."""
+    deadline = time.monotonic() + 5
+    while not check(await scrape(exporter)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_answer_it_cannot_read_is_xpud_down_until_it_can(
+    short_root: Path, make_exporter: Any
+) -> None:
+    """Version skew: a newer xpud's telemetry the client cannot parse must not leave the last
+    snapshot on show with xpud_up 1; the background loop goes on and recovers."""
+    xpud = SkewedXpud(short_root / "host", "--profile", "x1-8", "--clock", "manual").start()
+    try:
+        exporter = await make_exporter(
+            xpud_socket=xpud.socket, pod_attribution=False, refresh_interval=0.1
+        )
+        assert one(await scrape(exporter), "openxpu_exporter_xpud_up").value == 1
+        xpud.skew.touch()
+
+        def down(series: list[Series]) -> bool:
+            return one(series, "openxpu_exporter_xpud_up").value == 0
+
+        await eventually(exporter, down, "xpud_up 0 while xpud's answer is unreadable")
+        series = await scrape(exporter)
+        assert not select(series, "openxpu_utilization_ratio")
+        assert one(series, "openxpu_exporter_read_errors_total", source="xpud").value >= 1
+        xpud.skew.unlink()
+        await eventually(exporter, lambda s: not down(s), "xpud_up 1 once it reads again")
+        assert len(select(await scrape(exporter), "openxpu_utilization_ratio")) == 8
+    finally:
+        xpud.stop()
+
+
+async def test_a_background_loop_that_ends_is_started_again(
+    manual_xpud: XpudProcess, make_exporter: Any
+) -> None:
+    exporter = await make_exporter(
+        xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0.1
+    )
+    for task in list(exporter._tasks):  # ended from outside, as no loop of ours ends itself
+        task.cancel()
+    await asyncio.sleep(0.01)
+    with manual_xpud.client() as c:
+        ctx = c.open_context(api.ContextRequest(pid=1, name="t", devices=["3"]))
+        c.allocate(ctx.id, "3", 5 * MIB)
+
+    await eventually(exporter, allocation_seen, "the restarted loop to read the allocation")
+
+
 async def test_metric_set_is_configurable(manual_xpud: XpudProcess, make_exporter: Any) -> None:
     exporter = await make_exporter(
         xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0,
@@ -212,10 +269,7 @@ async def test_cached_snapshot_refreshes_in_the_background(
     with manual_xpud.client() as c:
         ctx = c.open_context(api.ContextRequest(pid=1, name="t", devices=["3"]))
         c.allocate(ctx.id, "3", 5 * MIB)
-    deadline = time.monotonic() + 5
-    while one(await scrape(exporter), "openxpu_memory_used_bytes", xpu="3").value != 5 * MIB:
-        assert time.monotonic() < deadline
-        await __import__("asyncio").sleep(0.05)
+    await eventually(exporter, allocation_seen, "the allocation in a background read")
     age = one(await scrape(exporter), "openxpu_exporter_snapshot_age_seconds").value
     assert 0 <= age < 1
 

@@ -57,6 +57,7 @@ class Exporter:
         self.encoder = TextEncoder()
         self._read_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     async def refresh_snapshot(self) -> None:
         # Concurrent per-scrape reads share one read rather than queueing several on xpud.
@@ -107,15 +108,30 @@ class Exporter:
             self._spawn(self.config.refresh_interval, self.refresh_snapshot)
 
     def _spawn(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
-        self._tasks.append(asyncio.create_task(self._every(seconds, step)))
+        task = asyncio.create_task(self._every(seconds, step), name=getattr(step, "__name__", None))
+        task.add_done_callback(lambda ended: self._loop_ended(ended, seconds, step))
+        self._tasks.append(task)
+
+    def _loop_ended(
+        self, task: asyncio.Task[None], seconds: float, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        # `_every` outlives every Exception, so only a cancellation from elsewhere gets here
+        # (BaseExceptions stop the event loop and the process). Left dead, the metrics would
+        # freeze behind xpud_up 1: start the loop again.
+        self._tasks.remove(task)
+        if self._stopping:
+            return
+        log.error("background loop %s ended unexpectedly; restarting it", task.get_name())
+        self._spawn(seconds, step)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._stopping = True
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
         if self.podresources is not None:
             await self.podresources.close()
         await self.xpud.aclose()
