@@ -242,6 +242,49 @@ async def test_a_background_loop_that_ends_is_started_again(
     await eventually(exporter, allocation_seen, "the restarted loop to read the allocation")
 
 
+async def test_process_series_stay_bounded_as_processes_come_and_go(
+    manual_xpud: XpudProcess, make_exporter: Any
+) -> None:
+    """Per-process memory is labelled by process name: 40 short-lived workers (each a new
+    pid and context) make one series, not 40 that Prometheus keeps for its retention."""
+    exporter = await make_exporter(
+        xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0
+    )
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    with manual_xpud.client() as c:
+        resident = c.open_context(api.ContextRequest(pid=10, name="trainer", devices=["2"]))
+        c.allocate(resident.id, "2", 3 * MIB)
+        for pid in range(1000, 1040):
+            ctx = c.open_context(api.ContextRequest(pid=pid, name="worker", devices=["2"]))
+            c.allocate(ctx.id, "2", MIB)
+            peer = c.open_context(api.ContextRequest(pid=pid + 1, name="worker", devices=["2"]))
+            c.allocate(peer.id, "2", MIB)
+            procs = select(await scrape(exporter), "openxpu_process_memory_used_bytes")
+            seen |= {tuple(sorted(p.labels.items())) for p in procs}
+            c.close_context(ctx.id)
+            c.close_context(peer.id)
+    assert len(seen) == 2, sorted(seen)
+    assert all("pid" not in dict(labels) and "context_id" not in dict(labels) for labels in seen)
+    # Two workers at once: one series holding both.
+    assert {p.labels["process"]: p.value for p in procs} == {"trainer": 3 * MIB, "worker": 2 * MIB}
+
+
+def test_devices_endpoint_names_no_processes(manual_xpud: XpudProcess, short_root: Path) -> None:
+    """/devices answers anyone who reaches the pod: no tenant's process names or pids."""
+    with manual_xpud.client() as c:
+        ctx = c.open_context(api.ContextRequest(pid=48213, name="tenant-job-x", devices=["1"]))
+        c.allocate(ctx.id, "1", MIB)
+    with running_exporter(
+        "--xpud-socket", str(manual_xpud.socket), "--no-pod-attribution",
+        log=short_root / "exporter.log",
+    ) as exporter:  # fmt: skip
+        r = httpx.get(f"{exporter.url}/devices")
+    device = r.json()["devices"][1]
+    assert device["memory_used_bytes"] == MIB  # the device's own readings stay
+    assert "processes" not in device
+    assert "tenant-job-x" not in r.text and "48213" not in r.text
+
+
 async def test_metric_set_is_configurable(manual_xpud: XpudProcess, make_exporter: Any) -> None:
     exporter = await make_exporter(
         xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0,

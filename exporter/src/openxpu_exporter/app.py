@@ -158,7 +158,9 @@ class Exporter:
             holders = attribution.get(d.uuid) or attribution.get(str(d.index)) or ()
             out.append(
                 {
-                    **d.model_dump(),
+                    # Not the processes: their names and pids are other tenants' business,
+                    # and anyone who reaches the pod can read this.
+                    **d.model_dump(exclude={"processes"}),
                     "model": snapshot.models.get(d.uuid, ""),
                     "hostname": self.config.hostname,
                     "pods": [pod_labels(h) for h in holders],

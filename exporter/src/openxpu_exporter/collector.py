@@ -283,17 +283,19 @@ class XpuCollector(Collector):
         if "openxpu_process_memory_used_bytes" in on:
             m = Metric(
                 "openxpu_process_memory_used_bytes",
-                "Device memory held by each process (context).",
+                "Device memory held by the processes of each name.",
                 "gauge",
             )
             for d in devices:
+                # By name, not pid or context: those are new with every process, and each
+                # would be a series of its own for as long as Prometheus keeps data.
+                by_name: dict[str, float] = {}
+                for p in d.processes:
+                    by_name[p.name] = by_name.get(p.name, 0.0) + p.memory_used_bytes
                 base = labels[d.uuid].native[0]
                 device_only = {k: base[k] for k in ("xpu", "uuid", "model", "hostname")}
-                for p in d.processes:
-                    extra = {"pid": str(p.pid), "process": p.name, "context_id": p.context_id}
-                    m.samples.append(
-                        Sample(m.name, device_only | extra, float(p.memory_used_bytes))
-                    )
+                for name, used in by_name.items():
+                    m.samples.append(Sample(m.name, device_only | {"process": name}, used))
             yield m
         if "openxpu_device_info" in on:
             m = Metric(
