@@ -17,7 +17,7 @@ import pytest
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
-from .support import Series, SkewedXpud, one, parse, running_exporter, select
+from .support import Series, SkewedXpud, free_port, one, parse, running_exporter, select
 
 pytestmark = pytest.mark.integration
 
@@ -369,3 +369,40 @@ def test_cli_help_and_bad_settings(short_root: Path) -> None:
     cfg.write_text("dcgm_compat: true\nbogus: 1\n")
     bad = run("--config", str(cfg))
     assert bad.returncode == 2 and "unknown setting(s)" in bad.stderr and "bogus" in bad.stderr
+
+
+def test_unknown_metric_names_are_refused(short_root: Path) -> None:
+    """A typo in --disable-metric would disable nothing; it is an error naming the typo."""
+    for args, env, named in (
+        (["--disable-metric", "DCGM_FI_NOPE"], {}, "DCGM_FI_NOPE"),
+        (
+            ["--disable-metric", "openxpu_power_watts", "--disable-metric", "openxpu_temprature"],
+            {},
+            "openxpu_temprature (did you mean openxpu_temperature_celsius?)",
+        ),
+        ([], {"OPENXPU_EXPORTER_DISABLED_METRICS": "openxpu_power_watts,DCGM_FI_NOPE"}, "NOPE"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "openxpu_exporter.cli", "--xpud-socket",
+             str(short_root / "none.sock"), "--listen", f"127.0.0.1:{free_port()}", *args],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 2, out
+        assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "unknown metric" in out.stderr and named in out.stderr, out.stderr
+        assert "openxpu_power_watts" not in out.stderr  # a real name is not refused
+
+
+def test_reads_of_xpud_are_not_logged_at_info(manual_xpud: XpudProcess, short_root: Path) -> None:
+    """One line per read of xpud (a second) at the default level would flood the pod's log;
+    at debug they are there."""
+    for level, shown in (("info", False), ("debug", True)):
+        log = short_root / f"exporter-{level}.log"
+        with running_exporter(
+            "--xpud-socket", str(manual_xpud.socket), "--no-pod-attribution",
+            "--refresh-interval", "0.1", "--log-level", level, log=log,
+        ):  # fmt: skip
+            time.sleep(1.0)
+        reads = [line for line in log.read_text().splitlines() if "/v1/telemetry" in line]
+        assert bool(reads) is shown, (level, reads[:3])
+        assert len(reads) < 50  # sanity: ~10 a second at most

@@ -8,8 +8,9 @@ until the devices or their pods change: building them dominated the profile othe
 
 from __future__ import annotations
 
+import difflib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -131,6 +132,28 @@ def native_names() -> list[str]:
     return [g.name + ("_total" if g.kind == "counter" else "") for g in NATIVE] + [
         n + ("_total" if n == "openxpu_errors" else "") for n in LABELLED
     ]
+
+
+class UnknownMetricError(ValueError):
+    """A metric name the exporter does not emit (a typo would otherwise disable nothing)."""
+
+
+def check_metric_names(names: Iterable[str]) -> None:
+    """Raise UnknownMetricError naming every name that is not a native or DCGM metric."""
+    # Counters may be named with or without _total, as the collector accepts both.
+    known = set(native_names()) | {g.name for g in NATIVE} | set(LABELLED)
+    known |= {f.name for f in compat.FIELDS}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        hints = [
+            f"{name} (did you mean {close[0]}?)" if close else name
+            for name in unknown
+            for close in [difflib.get_close_matches(name, known, n=1)]
+        ]
+        raise UnknownMetricError(
+            f"disabled_metrics: unknown metric name(s): {', '.join(hints)}; "
+            "the names are listed in docs/exporter.md"
+        )
 
 
 def pod_labels(ref: PodRef) -> Labels:
