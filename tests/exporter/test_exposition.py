@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.utils import floatToGoString
 
 from openxpu_exporter.attribution import PodRef
@@ -75,6 +75,7 @@ async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_expo
     registry.register(XpuCollector(exporter.config, exporter.state))
     h = Histogram("h_seconds", "a histogram\nwith \\ help", registry=registry)
     h.observe(0.3)
+    Gauge("negative_zero", "prints as -0.0, though it equals 0.0", registry=registry).set(-0.0)
     encoder = TextEncoder()
 
     def steady(body: bytes) -> bytes:  # the snapshot's age moves between the two calls

@@ -116,8 +116,8 @@ class TextEncoder:
                     value = values.get(v)
                     if value is None:
                         value = values[v] = go_float(v)
-                else:
-                    value = go_float(v)
+                else:  # 0/1 states make zero the commonest value of all
+                    value = "-0.0" if math.copysign(1.0, v) < 0 else "0.0"
                 labels = s.labels
                 key = id(labels)
                 hit = used.get(key)
