@@ -72,10 +72,13 @@ async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_expo
     }
     exporter.state.attribution_version += 1
     registry = CollectorRegistry()
-    registry.register(XpuCollector(exporter.config, exporter.state))
+    collector = XpuCollector(exporter.config, exporter.state)
+    registry.register(collector)
     h = Histogram("h_seconds", "a histogram\nwith \\ help", registry=registry)
     h.observe(0.3)
-    Gauge("negative_zero", "prints as -0.0, though it equals 0.0", registry=registry).set(-0.0)
+    zero = Gauge("negative_zero", "prints as -0.0, though it equals 0.0", registry=registry)
+    zero.set(-0.0)
+    collectors = (collector, h, zero)  # the registry's, in its order
     encoder = TextEncoder()
 
     def steady(body: bytes) -> bytes:  # the snapshot's age moves between the two calls
@@ -86,10 +89,10 @@ async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_expo
         )
 
     for _ in range(3):  # cold, then cached label strings
-        assert steady(encoder.encode(registry)) == steady(generate_latest(registry))
+        assert steady(encoder.encode(collectors)) == steady(generate_latest(registry))
     # A changed attribution renders the new labels, not stale cached strings.
     exporter.state.attribution = {uuids[1]: (PodRef("other", "ns", "c"),)}
     exporter.state.attribution_version += 1
-    fast = encoder.encode(registry)
+    fast = encoder.encode(collectors)
     assert steady(fast) == steady(generate_latest(registry))
     assert b'pod="other"' in fast and b"p2" not in fast

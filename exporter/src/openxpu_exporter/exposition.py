@@ -15,7 +15,10 @@ same way by default, and OpenMetrics would add nothing this exporter has (exempl
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 # OpenMetrics-only samples that generate_latest moves into gauges after their family.
@@ -76,10 +79,17 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
-def _render_labels(labels: dict[str, str]) -> str:
+def render_labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+@runtime_checkable
+class TextRenderer(Protocol):
+    """A collector that writes its own text (XpuCollector), skipping Samples for speed."""
+
+    def render_text(self, out: TextEncoder) -> None: ...
 
 
 class TextEncoder:
@@ -89,53 +99,65 @@ class TextEncoder:
         # id(labels) -> (labels, rendered). Holding the dict keeps its id from being reused;
         # entries not used by the latest scrape are dropped at its end.
         self._cache: dict[int, tuple[dict[str, str], str]] = {}
+        self._used: dict[int, tuple[dict[str, str], str]] = {}
+        # Values repeat a lot (one device's reading for each pod holding it). Zero is kept
+        # out: -0.0 == 0.0 as a key, but they print differently.
+        self._values: dict[float, str] = {}
+        self.lines: list[str] = []
 
-    def encode(self, registry: Collector) -> bytes:
-        # The loop below runs once per sample (thousands a scrape): lookups are inlined.
-        cache = self._cache
-        used: dict[int, tuple[dict[str, str], str]] = {}
-        # Values repeat a lot (0/1 states, one device's reading for each pod holding it).
-        # Zero is kept out: -0.0 == 0.0 as a key, but they print differently.
-        values: dict[float, str] = {}
-        out: list[str] = []
-        append = out.append
-        for metric in registry.collect():
-            name, kind = metric.name, metric.type
-            if kind == "counter":
-                name += "_total"
-            elif kind == "info":
-                name += "_info"
-            kind = _TYPES.get(kind, kind)
-            doc = _escape_help(metric.documentation)
-            append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
-            late_names = {metric.name + suffix: suffix for suffix in _OM_SUFFIXES}
-            late: dict[str, list[str]] = {}
-            for s in metric.samples:
-                v = s.value
-                if v:
-                    value = values.get(v)
-                    if value is None:
-                        value = values[v] = go_float(v)
-                else:  # 0/1 states make zero the commonest value of all
-                    value = "-0.0" if math.copysign(1.0, v) < 0 else "0.0"
-                labels = s.labels
-                key = id(labels)
-                hit = used.get(key)
-                if hit is None:
-                    hit = cache.get(key)
-                    if hit is None or hit[0] is not labels:
-                        hit = (labels, _render_labels(labels))
-                    used[key] = hit
-                line = f"{s.name}{hit[1]} {value}\n"
-                if s.timestamp is not None:
-                    line = f"{line[:-1]} {int(float(s.timestamp) * 1000):d}\n"
-                suffix = late_names.get(s.name)
-                if suffix is None:
-                    append(line)
-                else:
-                    late.setdefault(suffix, []).append(line)
-            for suffix, lines in sorted(late.items()):
-                append(f"# HELP {metric.name}{suffix} {doc}\n# TYPE {metric.name}{suffix} gauge\n")
-                out.extend(lines)
-        self._cache = used
-        return "".join(out).encode()
+    def encode(self, collectors: Iterable[Collector]) -> bytes:
+        """The text of the collectors in order (that of their registry, for the same bytes)."""
+        self._used, self._values, self.lines = {}, {}, []
+        for collector in collectors:
+            if isinstance(collector, TextRenderer):
+                collector.render_text(self)
+            else:
+                for metric in collector.collect():
+                    self.family(metric)
+        self._cache, body = self._used, "".join(self.lines)
+        self._used, self._values, self.lines = {}, {}, []
+        return body.encode()
+
+    def value(self, v: float) -> str:
+        if not v:  # 0/1 states make zero the commonest value of all
+            return "-0.0" if math.copysign(1.0, v) < 0 else "0.0"
+        text = self._values.get(v)
+        if text is None:
+            text = self._values[v] = go_float(v)
+        return text
+
+    def header(self, name: str, kind: str, doc: str) -> None:
+        if kind == "counter":
+            name += "_total"
+        elif kind == "info":
+            name += "_info"
+        kind = _TYPES.get(kind, kind)
+        self.lines.append(f"# HELP {name} {_escape_help(doc)}\n# TYPE {name} {kind}\n")
+
+    def family(self, metric: Metric) -> None:
+        # The loop below runs once per sample: lookups are inlined.
+        cache, used, value, append = self._cache, self._used, self.value, self.lines.append
+        self.header(metric.name, metric.type, metric.documentation)
+        late_names = {metric.name + suffix: suffix for suffix in _OM_SUFFIXES}
+        late: dict[str, list[str]] = {}
+        for s in metric.samples:
+            labels = s.labels
+            key = id(labels)
+            hit = used.get(key)
+            if hit is None:
+                hit = cache.get(key)
+                if hit is None or hit[0] is not labels:
+                    hit = (labels, render_labels(labels))
+                used[key] = hit
+            line = f"{s.name}{hit[1]} {value(s.value)}\n"
+            if s.timestamp is not None:
+                line = f"{line[:-1]} {int(float(s.timestamp) * 1000):d}\n"
+            suffix = late_names.get(s.name)
+            if suffix is None:
+                append(line)
+            else:
+                late.setdefault(suffix, []).append(line)
+        doc = _escape_help(metric.documentation)
+        for suffix, lines in sorted(late.items()):
+            append(f"# HELP {metric.name}{suffix} {doc}\n# TYPE {metric.name}{suffix} gauge\n")
+            self.lines.extend(lines)
