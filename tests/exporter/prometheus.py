@@ -16,6 +16,12 @@ import yaml
 from .support import free_port
 
 BINARY = Path("/usr/bin/prometheus")
+# What Prometheus 2.42 sends when scraping (3.x asks for OpenMetrics first too);
+# test_prometheus checks a real server still sends exactly this.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 def ensure_installed() -> Path:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent import futures
@@ -18,6 +20,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from openxpu_exporter.podresourcesapi import api_pb2, api_pb2_grpc
+from openxpu_runtime.client import wait_until_answering
+from openxpu_runtime.testing import XpudProcess
 
 RESOURCE = "openxpu.io/xpu"
 
@@ -73,6 +77,28 @@ class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+class SkewedXpud(XpudProcess):
+    """A real xpud whose telemetry a newer release's would be while `skew` exists
+    (skewed_xpud.py says how)."""
+
+    SCRIPT = Path(__file__).with_name("skewed_xpud.py")
+
+    def __init__(self, root: Path, *args: str) -> None:
+        super().__init__(root, *args)
+        self.skew = root / "skew"
+
+    def start(self, timeout: float = 15.0) -> SkewedXpud:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OPENXPU_TEST_SKEW_FILE": str(self.skew)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(self.SCRIPT), *self.args, "--log-level", "warning"],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        wait_until_answering(self.socket, self.proc.poll, timeout)
+        return self
 
 
 class Series(NamedTuple):
@@ -169,3 +195,40 @@ def running_exporter(
         yield proc
     finally:
         proc.stop()
+
+
+class Exchange(NamedTuple):
+    accept: str
+    content_type: str
+
+
+@contextlib.contextmanager
+def recording_proxy(upstream: str) -> Iterator[tuple[int, list[Exchange]]]:
+    """An HTTP proxy in front of `upstream` on a loopback port: yields its port and the list
+    of (Accept sent, Content-Type answered) it records for every request passing through."""
+    exchanges: list[Exchange] = []
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            accept = self.headers.get("Accept", "")
+            answer = httpx.get(upstream + self.path, headers={"accept": accept}, timeout=5.0)
+            content_type = answer.headers.get("content-type", "")
+            exchanges.append(Exchange(accept, content_type))
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, format: str, *args: object) -> None:  # silence per-request lines
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], exchanges
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

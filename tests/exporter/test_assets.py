@@ -25,6 +25,13 @@ def test_committed_files_match_the_code() -> None:
 
 
 @pytest.mark.unit
+def test_dcgm_table_names_served_metrics() -> None:
+    for field in compat.FIELDS:
+        natives = re.findall(r"\bopenxpu_\w+", field.native)
+        assert natives and set(natives) <= KNOWN, field
+
+
+@pytest.mark.unit
 def test_configmap_is_for_the_grafana_sidecar() -> None:
     cm = yaml.safe_load((render.DEPLOY / "grafana-dashboard-configmap.yaml").read_text())
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["labels"]["grafana_dashboard"] == "1"

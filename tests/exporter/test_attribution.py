@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ async def test_missing_kubelet_socket_keeps_serving_and_says_so(
 async def test_attribution_follows_the_kubelet(
     manual_xpud: XpudProcess, short_root: Path, make_exporter: Any
 ) -> None:
-    """The socket appears late, pods come and go; a kubelet restart keeps the last mapping."""
+    """The socket appears late, pods come and go; when the socket goes, the labels go too."""
     sock = short_root / "late.sock"
     exporter = await make_exporter(
         xpud_socket=manual_xpud.socket, kubelet_socket=sock, refresh_interval=0
@@ -138,3 +139,37 @@ async def test_attribution_off_emits_no_kubelet_metrics(
     series = await scrape(exporter)
     assert not select(series, "openxpu_exporter_podresources_up")
     assert len(select(series, "openxpu_utilization_ratio")) == 8
+
+
+async def test_a_kubelet_that_stops_answering_keeps_the_last_mapping(
+    manual_xpud: XpudProcess, kubelet: FakeKubelet, make_exporter: Any
+) -> None:
+    """A kubelet restart leaves its socket behind unanswered: the pods still hold their
+    devices, so the last mapping stays (rather than every series' labels flapping) while
+    podresources_up says the labels may be old; the next answer replaces it."""
+    with manual_xpud.client() as c:
+        uuid = c.telemetry().devices[0].uuid
+    kubelet.pods = [pod("steady", "ns", {"c": [uuid]})]
+    exporter = await make_exporter(
+        xpud_socket=manual_xpud.socket, kubelet_socket=kubelet.socket_path, refresh_interval=0
+    )
+    assert (
+        one(await scrape(exporter), "openxpu_temperature_celsius", uuid=uuid).labels["pod"]
+        == "steady"
+    )
+    kubelet.stop()
+    # What a killed kubelet leaves: its socket file, with nobody listening on it.
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(kubelet.socket_path))
+    await exporter.refresh_attribution()
+    series = await scrape(exporter)
+    assert one(series, "openxpu_exporter_podresources_up").value == 0
+    assert one(series, "openxpu_exporter_read_errors_total", source="podresources").value == 1
+    assert one(series, "openxpu_temperature_celsius", uuid=uuid).labels["pod"] == "steady"
+    kubelet.socket_path.unlink()
+    kubelet.pods = [pod("next", "ns", {"c": [uuid]})]
+    kubelet.start()
+    await exporter.refresh_attribution()
+    series = await scrape(exporter)
+    assert one(series, "openxpu_exporter_podresources_up").value == 1
+    assert one(series, "openxpu_temperature_celsius", uuid=uuid).labels["pod"] == "next"

@@ -5,14 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.utils import floatToGoString
 
 from openxpu_exporter.attribution import PodRef
 from openxpu_exporter.collector import XpuCollector
-from openxpu_exporter.exposition import TextEncoder, go_float
+from openxpu_exporter.exposition import TextEncoder, go_float, serves_text
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
+
+from .prometheus import PROMETHEUS_ACCEPT
+
+# The shape Prometheus 3.x sends (scrape/scrape.go acceptHeader with its default protocols).
+PROMETHEUS_3_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
 
 
 @pytest.mark.unit
@@ -22,6 +31,28 @@ from openxpu_runtime.testing import XpudProcess
 )  # fmt: skip
 def test_go_float(value: float) -> None:
     assert go_float(value) == floatToGoString(value)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("accept", "text"),
+    [
+        (PROMETHEUS_ACCEPT, True),  # prefers OpenMetrics, takes 0.0.4: the fast encoder
+        (PROMETHEUS_3_ACCEPT, True),
+        (None, True),
+        ("", True),
+        ("*/*", True),
+        ("text/plain", True),
+        ("text/plain; version=0.0.4", True),
+        ("image/png", True),  # nothing we speak: the default format, as prometheus-client
+        ("application/openmetrics-text; version=1.0.0", False),
+        ("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0", False),
+        ("application/openmetrics-text;version=1.0.0,text/plain;version=1.0.0", False),
+        ("application/openmetrics-text;version=1.0.0,*/*;q=bad", False),
+    ],
+)
+def test_serves_text_whenever_the_client_takes_it(accept: str | None, text: bool) -> None:
+    assert serves_text(accept) is text
 
 
 @pytest.mark.integration
@@ -41,9 +72,13 @@ async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_expo
     }
     exporter.state.attribution_version += 1
     registry = CollectorRegistry()
-    registry.register(XpuCollector(exporter.config, exporter.state))
+    collector = XpuCollector(exporter.config, exporter.state)
+    registry.register(collector)
     h = Histogram("h_seconds", "a histogram\nwith \\ help", registry=registry)
     h.observe(0.3)
+    zero = Gauge("negative_zero", "prints as -0.0, though it equals 0.0", registry=registry)
+    zero.set(-0.0)
+    collectors = (collector, h, zero)  # the registry's, in its order
     encoder = TextEncoder()
 
     def steady(body: bytes) -> bytes:  # the snapshot's age moves between the two calls
@@ -54,10 +89,10 @@ async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_expo
         )
 
     for _ in range(3):  # cold, then cached label strings
-        assert steady(encoder.encode(registry)) == steady(generate_latest(registry))
+        assert steady(encoder.encode(collectors)) == steady(generate_latest(registry))
     # A changed attribution renders the new labels, not stale cached strings.
     exporter.state.attribution = {uuids[1]: (PodRef("other", "ns", "c"),)}
     exporter.state.attribution_version += 1
-    fast = encoder.encode(registry)
+    fast = encoder.encode(collectors)
     assert steady(fast) == steady(generate_latest(registry))
     assert b'pod="other"' in fast and b"p2" not in fast

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
-from .support import Series, one, parse, running_exporter, select
+from .support import Series, SkewedXpud, free_port, one, parse, running_exporter, select
 
 pytestmark = pytest.mark.integration
 
@@ -185,6 +186,105 @@ async def test_losing_xpud_withholds_device_metrics(
     assert len(select(series, "openxpu_utilization_ratio")) == 8
 
 
+def allocation_seen(series: list[Series]) -> bool:
+    """The 5 MiB the tests allocate on device 3."""
+    return one(series, "openxpu_memory_used_bytes", xpu="3").value == 5 * MIB
+
+
+async def eventually(exporter: Any, check: Any, what: str) -> None:
+    """Scrape until `check(series)` holds, for up to 5 s."""
+    deadline = time.monotonic() + 5
+    while not check(await scrape(exporter)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_answer_it_cannot_read_is_xpud_down_until_it_can(
+    short_root: Path, make_exporter: Any
+) -> None:
+    """Version skew: a newer xpud's telemetry the client cannot parse must not leave the last
+    snapshot on show with xpud_up 1; the background loop goes on and recovers."""
+    xpud = SkewedXpud(short_root / "host", "--profile", "x1-8", "--clock", "manual").start()
+    try:
+        exporter = await make_exporter(
+            xpud_socket=xpud.socket, pod_attribution=False, refresh_interval=0.1
+        )
+        assert one(await scrape(exporter), "openxpu_exporter_xpud_up").value == 1
+        xpud.skew.touch()
+
+        def down(series: list[Series]) -> bool:
+            return one(series, "openxpu_exporter_xpud_up").value == 0
+
+        await eventually(exporter, down, "xpud_up 0 while xpud's answer is unreadable")
+        series = await scrape(exporter)
+        assert not select(series, "openxpu_utilization_ratio")
+        assert one(series, "openxpu_exporter_read_errors_total", source="xpud").value >= 1
+        xpud.skew.unlink()
+        await eventually(exporter, lambda s: not down(s), "xpud_up 1 once it reads again")
+        assert len(select(await scrape(exporter), "openxpu_utilization_ratio")) == 8
+    finally:
+        xpud.stop()
+
+
+async def test_a_background_loop_that_ends_is_started_again(
+    manual_xpud: XpudProcess, make_exporter: Any
+) -> None:
+    exporter = await make_exporter(
+        xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0.1
+    )
+    for task in list(exporter._tasks):  # ended from outside, as no loop of ours ends itself
+        task.cancel()
+    await asyncio.sleep(0.01)
+    with manual_xpud.client() as c:
+        ctx = c.open_context(api.ContextRequest(pid=1, name="t", devices=["3"]))
+        c.allocate(ctx.id, "3", 5 * MIB)
+
+    await eventually(exporter, allocation_seen, "the restarted loop to read the allocation")
+
+
+async def test_process_series_stay_bounded_as_processes_come_and_go(
+    manual_xpud: XpudProcess, make_exporter: Any
+) -> None:
+    """Per-process memory is labelled by process name: 40 short-lived workers (each a new
+    pid and context) make one series, not 40 that Prometheus keeps for its retention."""
+    exporter = await make_exporter(
+        xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0
+    )
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    with manual_xpud.client() as c:
+        resident = c.open_context(api.ContextRequest(pid=10, name="trainer", devices=["2"]))
+        c.allocate(resident.id, "2", 3 * MIB)
+        for pid in range(1000, 1040):
+            ctx = c.open_context(api.ContextRequest(pid=pid, name="worker", devices=["2"]))
+            c.allocate(ctx.id, "2", MIB)
+            peer = c.open_context(api.ContextRequest(pid=pid + 1, name="worker", devices=["2"]))
+            c.allocate(peer.id, "2", MIB)
+            procs = select(await scrape(exporter), "openxpu_process_memory_used_bytes")
+            seen |= {tuple(sorted(p.labels.items())) for p in procs}
+            c.close_context(ctx.id)
+            c.close_context(peer.id)
+    assert len(seen) == 2, sorted(seen)
+    assert all("pid" not in dict(labels) and "context_id" not in dict(labels) for labels in seen)
+    # Two workers at once: one series holding both.
+    assert {p.labels["process"]: p.value for p in procs} == {"trainer": 3 * MIB, "worker": 2 * MIB}
+
+
+def test_devices_endpoint_names_no_processes(manual_xpud: XpudProcess, short_root: Path) -> None:
+    """/devices answers anyone who reaches the pod: no tenant's process names or pids."""
+    with manual_xpud.client() as c:
+        ctx = c.open_context(api.ContextRequest(pid=48213, name="tenant-job-x", devices=["1"]))
+        c.allocate(ctx.id, "1", MIB)
+    with running_exporter(
+        "--xpud-socket", str(manual_xpud.socket), "--no-pod-attribution",
+        log=short_root / "exporter.log",
+    ) as exporter:  # fmt: skip
+        r = httpx.get(f"{exporter.url}/devices")
+    device = r.json()["devices"][1]
+    assert device["memory_used_bytes"] == MIB  # the device's own readings stay
+    assert "processes" not in device
+    assert "tenant-job-x" not in r.text and "48213" not in r.text
+
+
 async def test_metric_set_is_configurable(manual_xpud: XpudProcess, make_exporter: Any) -> None:
     exporter = await make_exporter(
         xpud_socket=manual_xpud.socket, pod_attribution=False, refresh_interval=0,
@@ -212,10 +312,7 @@ async def test_cached_snapshot_refreshes_in_the_background(
     with manual_xpud.client() as c:
         ctx = c.open_context(api.ContextRequest(pid=1, name="t", devices=["3"]))
         c.allocate(ctx.id, "3", 5 * MIB)
-    deadline = time.monotonic() + 5
-    while one(await scrape(exporter), "openxpu_memory_used_bytes", xpu="3").value != 5 * MIB:
-        assert time.monotonic() < deadline
-        await __import__("asyncio").sleep(0.05)
+    await eventually(exporter, allocation_seen, "the allocation in a background read")
     age = one(await scrape(exporter), "openxpu_exporter_snapshot_age_seconds").value
     assert 0 <= age < 1
 
@@ -272,3 +369,40 @@ def test_cli_help_and_bad_settings(short_root: Path) -> None:
     cfg.write_text("dcgm_compat: true\nbogus: 1\n")
     bad = run("--config", str(cfg))
     assert bad.returncode == 2 and "bogus: unknown setting" in bad.stderr
+
+
+def test_unknown_metric_names_are_refused(short_root: Path) -> None:
+    """A typo in --disable-metric would disable nothing; it is an error naming the typo."""
+    for args, env, named in (
+        (["--disable-metric", "DCGM_FI_NOPE"], {}, "DCGM_FI_NOPE"),
+        (
+            ["--disable-metric", "openxpu_power_watts", "--disable-metric", "openxpu_temprature"],
+            {},
+            "openxpu_temprature (did you mean openxpu_temperature_celsius?)",
+        ),
+        ([], {"OPENXPU_EXPORTER_DISABLED_METRICS": "openxpu_power_watts,DCGM_FI_NOPE"}, "NOPE"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "openxpu_exporter.cli", "--xpud-socket",
+             str(short_root / "none.sock"), "--listen", f"127.0.0.1:{free_port()}", *args],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 2, out
+        assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "unknown metric" in out.stderr and named in out.stderr, out.stderr
+        assert "openxpu_power_watts" not in out.stderr  # a real name is not refused
+
+
+def test_reads_of_xpud_are_not_logged_at_info(manual_xpud: XpudProcess, short_root: Path) -> None:
+    """One line per read of xpud (a second) at the default level would flood the pod's log;
+    at debug they are there."""
+    for level, shown in (("info", False), ("debug", True)):
+        log = short_root / f"exporter-{level}.log"
+        with running_exporter(
+            "--xpud-socket", str(manual_xpud.socket), "--no-pod-attribution",
+            "--refresh-interval", "0.1", "--log-level", level, log=log,
+        ):  # fmt: skip
+            time.sleep(1.0)
+        reads = [line for line in log.read_text().splitlines() if "/v1/telemetry" in line]
+        assert bool(reads) is shown, (level, reads[:3])
+        assert len(reads) < 50  # sanity: ~10 a second at most

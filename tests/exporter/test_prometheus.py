@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from openxpu_exporter import alerts, dashboard
+from openxpu_exporter.exposition import TEXT_CONTENT_TYPE
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
-from .prometheus import Prometheus
-from .support import FakeKubelet, free_port, pod, running_exporter
+from .prometheus import PROMETHEUS_ACCEPT, Prometheus
+from .support import FakeKubelet, free_port, pod, recording_proxy, running_exporter
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +183,35 @@ def test_a_pod_leaving_a_device_is_no_new_error(stack: Any) -> None:
     assert prom.query(f"{device0}}} unless {device0}}} offset {RATE_INTERVAL_S}s")
     # ... while the device as a whole had it already.
     assert not [r for r in prom.query(substitute(errors_panel)) if r["metric"]["xpu"] == "0"]
+
+
+def test_prometheus_gets_the_fast_text_format(
+    manual_xpud: XpudProcess, kubelet: FakeKubelet, short_root: Path
+) -> None:
+    """What a real Prometheus asks for is what the benchmark sends, and it is answered by the
+    exporter's own 0.0.4 encoder (the OpenMetrics one is prometheus-client's, several times
+    slower), and Prometheus ingests it. (test_bench.py reads Prometheus's
+    scrape_duration_seconds of a large node; through this proxy it would time the proxy.)"""
+    with manual_xpud.client() as c:
+        uuid = c.telemetry().devices[0].uuid
+    kubelet.pods = [pod("train-0", "ml", {"trainer": [uuid]})]
+    args = (
+        "--xpud-socket", str(manual_xpud.socket), "--kubelet-socket", str(kubelet.socket_path),
+        "--dcgm-compat",
+    )  # fmt: skip
+    with (
+        running_exporter(*args, log=short_root / "exporter.log") as exporter,
+        recording_proxy(exporter.url) as (port, exchanges),
+    ):
+        target = {"targets": [f"127.0.0.1:{port}"]}
+        job = {"job_name": "openxpu-exporter", "static_configs": [target]}
+        prom = Prometheus(short_root / "prometheus", [job], {"groups": []}).start()
+        try:
+            wait_for("three scrapes", lambda: prom.query("count_over_time(up[1m]) >= 3"))
+            assert [r["value"][1] for r in prom.query("up")] == ["1"]
+            pods = prom.query('openxpu_device_info{pod="train-0"}')
+        finally:
+            prom.stop()
+    assert {e.accept for e in exchanges} == {PROMETHEUS_ACCEPT}
+    assert {e.content_type for e in exchanges} == {TEXT_CONTENT_TYPE}
+    assert len(pods) == 1

@@ -12,14 +12,14 @@ from typing import Any
 import grpc.aio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from openxpu_exporter import __version__
 from openxpu_exporter.attribution import PodResourcesClient
 from openxpu_exporter.collector import XpuCollector, pod_labels
 from openxpu_exporter.config import Config
-from openxpu_exporter.exposition import TextEncoder
+from openxpu_exporter.exposition import TEXT_CONTENT_TYPE, TextEncoder, serves_text
 from openxpu_exporter.snapshot import ExporterState, SnapshotReader
 from openxpu_runtime.client import AsyncXpudClient
 
@@ -33,14 +33,14 @@ SCRAPE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class Exporter:
     """State, readers and registry of one exporter; the app and the tests share it."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.state = ExporterState()
-        self.registry = registry or CollectorRegistry()
+        self.registry = CollectorRegistry()
         self.collector = XpuCollector(config, self.state)
         self.registry.register(self.collector)
         # The exporter's own CPU and RSS (process_*), as every Prometheus exporter shows them.
-        ProcessCollector(registry=self.registry)
+        process = ProcessCollector(registry=self.registry)
         self.scrape_seconds = Histogram(
             "openxpu_exporter_scrape_duration_seconds",
             "Time to answer /metrics, including a per-scrape read of xpud if configured.",
@@ -55,8 +55,11 @@ class Exporter:
             else None
         )
         self.encoder = TextEncoder()
+        # The registry's collectors in its order, for the fast encoder (the same bytes).
+        self.collectors = (self.collector, process, self.scrape_seconds)
         self._read_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     async def refresh_snapshot(self) -> None:
         # Concurrent per-scrape reads share one read rather than queueing several on xpud.
@@ -107,15 +110,30 @@ class Exporter:
             self._spawn(self.config.refresh_interval, self.refresh_snapshot)
 
     def _spawn(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
-        self._tasks.append(asyncio.create_task(self._every(seconds, step)))
+        task = asyncio.create_task(self._every(seconds, step), name=getattr(step, "__name__", None))
+        task.add_done_callback(lambda ended: self._loop_ended(ended, seconds, step))
+        self._tasks.append(task)
+
+    def _loop_ended(
+        self, task: asyncio.Task[None], seconds: float, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        # `_every` outlives every Exception, so only a cancellation from elsewhere gets here
+        # (BaseExceptions stop the event loop and the process). Left dead, the metrics would
+        # freeze behind xpud_up 1: start the loop again.
+        self._tasks.remove(task)
+        if self._stopping:
+            return
+        log.error("background loop %s ended unexpectedly; restarting it", task.get_name())
+        self._spawn(seconds, step)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._stopping = True
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
         if self.podresources is not None:
             await self.podresources.close()
         await self.xpud.aclose()
@@ -124,11 +142,10 @@ class Exporter:
         started = time.perf_counter()
         if self.config.refresh_interval == 0:
             await self.refresh_snapshot()
-        encoder, content_type = choose_encoder(accept or "")
-        if encoder is generate_latest:
-            # The text format Prometheus asks for by default: the fast, equivalent encoder.
-            body = self.encoder.encode(self.registry)
-        else:
+        if serves_text(accept):
+            body, content_type = self.encoder.encode(self.collectors), TEXT_CONTENT_TYPE
+        else:  # a client that takes OpenMetrics only: prometheus-client's encoder
+            encoder, content_type = choose_encoder(accept or "")
             body = encoder(self.registry)
         self.scrape_seconds.observe(time.perf_counter() - started)
         return body, content_type
@@ -143,7 +160,9 @@ class Exporter:
             holders = attribution.get(d.uuid) or attribution.get(str(d.index)) or ()
             out.append(
                 {
-                    **d.model_dump(),
+                    # Not the processes: their names and pids are other tenants' business,
+                    # and anyone who reaches the pod can read this.
+                    **d.model_dump(exclude={"processes"}),
                     "model": snapshot.models.get(d.uuid, ""),
                     "hostname": self.config.hostname,
                     "pods": [pod_labels(h) for h in holders],
@@ -152,8 +171,8 @@ class Exporter:
         return out
 
 
-def create_app(config: Config, registry: CollectorRegistry | None = None) -> FastAPI:
-    exporter = Exporter(config, registry)
+def create_app(config: Config) -> FastAPI:
+    exporter = Exporter(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

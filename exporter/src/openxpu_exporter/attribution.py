@@ -83,9 +83,15 @@ class PodResourcesClient:
         """Raises FileNotFoundError without a socket, grpc.aio.AioRpcError on a failed call."""
         if not self.socket.exists():
             raise FileNotFoundError(f"no kubelet PodResources socket at {self.socket}")
-        response = await self._lister().List(
-            api_pb2.ListPodResourcesRequest(), timeout=LIST_TIMEOUT_SECONDS
-        )
+        try:
+            response = await self._lister().List(
+                api_pb2.ListPodResourcesRequest(), timeout=LIST_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError:
+            # Next time a new channel, which connects at once: this one would wait out gRPC's
+            # reconnect backoff (up to two minutes) after a restarted kubelet is back.
+            await self.close()
+            raise
         return attribute(response, self.resource_names)
 
     async def close(self) -> None:

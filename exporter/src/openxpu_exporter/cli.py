@@ -12,6 +12,7 @@ import uvicorn
 
 from openxpu_exporter import __version__
 from openxpu_exporter.app import create_app
+from openxpu_exporter.collector import UnknownMetricError, check_metric_names
 from openxpu_exporter.config import (
     DEFAULT_KUBELET_SOCKET,
     DEFAULT_PORT,
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s openxpu-exporter %(message)s"
     )
+    # httpx logs every request at INFO, so each read of xpud (one a second) would be a line;
+    # they are shown at debug only.
+    logging.getLogger("httpx").setLevel(
+        logging.DEBUG if args.log_level == "debug" else logging.WARNING
+    )
     overrides: dict[str, Any] = {
         "xpud_socket": args.xpud_socket,
         "kubelet_socket": args.kubelet_socket,
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["host"], overrides["port"] = args.listen
     try:
         config = load(args.config, overrides)
-    except ConfigError as exc:
+        check_metric_names(config.disabled_metrics)
+    except (ConfigError, UnknownMetricError) as exc:
         print(f"openxpu-exporter: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(

@@ -8,8 +8,9 @@ until the devices or their pods change: building them dominated the profile othe
 
 from __future__ import annotations
 
+import difflib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ from prometheus_client.samples import Sample
 from openxpu_exporter import compat
 from openxpu_exporter.attribution import PodRef
 from openxpu_exporter.config import Config
+from openxpu_exporter.exposition import TextEncoder, render_labels
 from openxpu_exporter.snapshot import ExporterState
 from openxpu_runtime import api
 from openxpu_runtime.faults import CATALOG, Health
@@ -133,6 +135,28 @@ def native_names() -> list[str]:
     ]
 
 
+class UnknownMetricError(ValueError):
+    """A metric name the exporter does not emit (a typo would otherwise disable nothing)."""
+
+
+def check_metric_names(names: Iterable[str]) -> None:
+    """Raise UnknownMetricError naming every name that is not a native or DCGM metric."""
+    # Counters may be named with or without _total, as the collector accepts both.
+    known = set(native_names()) | {g.name for g in NATIVE} | set(LABELLED)
+    known |= {f.name for f in compat.FIELDS}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        hints = [
+            f"{name} (did you mean {close[0]}?)" if close else name
+            for name in unknown
+            for close in [difflib.get_close_matches(name, known, n=1)]
+        ]
+        raise UnknownMetricError(
+            f"disabled_metrics: unknown metric name(s): {', '.join(hints)}; "
+            "the names are listed in docs/exporter.md"
+        )
+
+
 def pod_labels(ref: PodRef) -> Labels:
     return {"pod": ref.pod, "namespace": ref.namespace, "container": ref.container}
 
@@ -143,8 +167,25 @@ class DeviceLabels:
 
     native: list[Labels]
     dcgm: list[Labels]
-    health: list[dict[str, Labels]]  # per holder: state -> labels
-    throttle: list[dict[str, Labels]]  # per holder: reason -> labels
+    health: dict[str, list[Labels]]  # state -> one label set per holder
+    throttle: dict[str, list[Labels]]  # reason -> one label set per holder
+
+
+class Dense(NamedTuple):
+    """A family with a value per device, shared by its holders' label sets: the bulk of a
+    scrape. collect() expands it into Samples; the text encoder renders it without them."""
+
+    name: str
+    help: str
+    kind: str
+    sample: str
+    groups: list[tuple[list[Labels], float]]
+
+    def metric(self) -> Metric:
+        m = Metric(self.name, self.help, self.kind)
+        sample = self.sample
+        m.samples = [Sample(sample, lbl, value) for lbls, value in self.groups for lbl in lbls]
+        return m
 
 
 class XpuCollector(Collector):
@@ -167,6 +208,9 @@ class XpuCollector(Collector):
         }
         self._cache_key: object = None
         self._labels: dict[str, DeviceLabels] = {}
+        # (sample name, id(label sets)) -> 'name{labels} ' of each, for the lists of label
+        # sets in self._labels (held there, so the ids stay theirs until it is rebuilt).
+        self._prefixes: dict[tuple[str, int], list[str]] = {}
 
     def describe(self) -> Iterator[Metric]:
         # Registering must not trigger a scrape of xpud: describe nothing dynamic.
@@ -199,13 +243,39 @@ class XpuCollector(Collector):
             labels[d.uuid] = DeviceLabels(
                 native=native,
                 dcgm=dcgm,
-                health=[{s: n | {"state": s} for s in HEALTH_STATES} for n in native],
-                throttle=[{r: n | {"reason": r} for r in THROTTLE_REASONS} for n in native],
+                health={s: [n | {"state": s} for n in native] for s in HEALTH_STATES},
+                throttle={r: [n | {"reason": r} for n in native] for r in THROTTLE_REASONS},
             )
         self._cache_key, self._labels = key, labels
+        self._prefixes.clear()
         return labels
 
     def collect(self) -> Iterator[Metric]:
+        for family in self._families():
+            yield family.metric() if isinstance(family, Dense) else family
+
+    def render_text(self, out: TextEncoder) -> None:
+        """What collect() yields, in the 0.0.4 text format, without a Sample per series: each
+        series' `name{labels} ` is rendered once per label set (checked in test_exposition)."""
+        prefixes = self._prefixes
+        for family in self._families():
+            if not isinstance(family, Dense):
+                out.family(family)
+                continue
+            out.header(family.name, family.kind, family.help)
+            sample = family.sample
+            lines = out.lines
+            for lbls, value in family.groups:
+                text = out.value(value)
+                group = prefixes.get((sample, id(lbls)))
+                if group is None:
+                    group = prefixes[sample, id(lbls)] = [
+                        f"{sample}{render_labels(lbl)} " for lbl in lbls
+                    ]
+                for prefix in group:
+                    lines.append(f"{prefix}{text}\n")
+
+    def _families(self) -> Iterator[Metric | Dense]:
         yield from self._self_metrics()
         snapshot = self.state.snapshot
         if snapshot is None:
@@ -215,52 +285,39 @@ class XpuCollector(Collector):
         labels = self._labels_for(telemetry, snapshot.models)
 
         for g in self._native:
-            m = Metric(g.name, g.help, g.kind)
             sample_name = g.name + "_total" if g.kind == "counter" else g.name
-            append = m.samples.append
-            for d in devices:
-                if (value := g.value(d)) is None:
-                    continue
-                for lbl in labels[d.uuid].native:
-                    append(Sample(sample_name, lbl, value))
-            yield m
+            groups = [(labels[d.uuid].native, v) for d in devices if (v := g.value(d)) is not None]
+            yield Dense(g.name, g.help, g.kind, sample_name, groups)
 
         yield from self._labelled_metrics(telemetry, labels)
 
         for f in self._dcgm:
-            m = Metric(f.name, f.help, f.kind)
-            append = m.samples.append
-            for d in devices:
-                if (value := f.value(d)) is None:
-                    continue
-                for lbl in labels[d.uuid].dcgm:
-                    append(Sample(f.name, lbl, value))
-            yield m
+            groups = [(labels[d.uuid].dcgm, v) for d in devices if (v := f.value(d)) is not None]
+            yield Dense(f.name, f.help, f.kind, f.name, groups)
 
     def _labelled_metrics(
         self, telemetry: api.Telemetry, labels: dict[str, DeviceLabels]
-    ) -> Iterator[Metric]:
+    ) -> Iterator[Metric | Dense]:
         on = self._labelled
         devices = telemetry.devices
         if "openxpu_health_state" in on:
-            m = Metric("openxpu_health_state", "Device health: 1 for the current state.", "gauge")
-            for d in devices:
-                for by_state in labels[d.uuid].health:
-                    for state, lbl in by_state.items():
-                        m.samples.append(Sample(m.name, lbl, 1.0 if d.health == state else 0.0))
-            yield m
+            name = "openxpu_health_state"
+            groups = [
+                (lbls, 1.0 if d.health == state else 0.0)
+                for d in devices
+                for state, lbls in labels[d.uuid].health.items()
+            ]
+            yield Dense(name, "Device health: 1 for the current state.", "gauge", name, groups)
         if "openxpu_clock_throttle_active" in on:
-            m = Metric(
-                "openxpu_clock_throttle_active",
-                "1 while the clock is held down for this reason.",
-                "gauge",
+            name = "openxpu_clock_throttle_active"
+            groups = [
+                (lbls, 1.0 if reason in d.throttle_reasons else 0.0)
+                for d in devices
+                for reason, lbls in labels[d.uuid].throttle.items()
+            ]
+            yield Dense(
+                name, "1 while the clock is held down for this reason.", "gauge", name, groups
             )
-            for d in devices:
-                active = set(d.throttle_reasons)
-                for by_reason in labels[d.uuid].throttle:
-                    for reason, lbl in by_reason.items():
-                        m.samples.append(Sample(m.name, lbl, 1.0 if reason in active else 0.0))
-            yield m
         if "openxpu_errors" in on:
             m = Metric("openxpu_errors", "Errors (XID analogue) by code since setup.", "counter")
             for d in devices:
@@ -285,26 +342,24 @@ class XpuCollector(Collector):
         if "openxpu_process_memory_used_bytes" in on:
             m = Metric(
                 "openxpu_process_memory_used_bytes",
-                "Device memory held by each process (context).",
+                "Device memory held by the processes of each name.",
                 "gauge",
             )
             for d in devices:
+                # By name, not pid or context: those are new with every process, and each
+                # would be a series of its own for as long as Prometheus keeps data.
+                by_name: dict[str, float] = {}
+                for p in d.processes:
+                    by_name[p.name] = by_name.get(p.name, 0.0) + p.memory_used_bytes
                 base = labels[d.uuid].native[0]
                 device_only = {k: base[k] for k in ("xpu", "uuid", "model", "hostname")}
-                for p in d.processes:
-                    extra = {"pid": str(p.pid), "process": p.name, "context_id": p.context_id}
-                    m.samples.append(
-                        Sample(m.name, device_only | extra, float(p.memory_used_bytes))
-                    )
+                for name, used in by_name.items():
+                    m.samples.append(Sample(m.name, device_only | {"process": name}, used))
             yield m
         if "openxpu_device_info" in on:
-            m = Metric(
-                "openxpu_device_info", "One series per device (and holder), value 1.", "gauge"
-            )
-            for d in devices:
-                for lbl in labels[d.uuid].native:
-                    m.samples.append(Sample(m.name, lbl, 1.0))
-            yield m
+            name = "openxpu_device_info"
+            groups = [(labels[d.uuid].native, 1.0) for d in devices]
+            yield Dense(name, "One series per device (and holder), value 1.", "gauge", name, groups)
         if "openxpu_driver_info" in on:
             m = Metric("openxpu_driver_info", "The XPU driver of this node, value 1.", "gauge")
             m.samples.append(

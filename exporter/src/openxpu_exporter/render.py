@@ -3,8 +3,9 @@
     python -m openxpu_exporter.render [--check]
 
 writes assets/openxpu-dashboard.json, assets/openxpu-alerts.yaml (a Prometheus rule file),
-and exporter/deploy/{grafana-dashboard-configmap,prometheus-rule}.yaml. `--check` only
-compares (the tests run it), so the committed files never drift from the code.
+exporter/deploy/{grafana-dashboard-configmap,prometheus-rule}.yaml, and the DCGM table of
+docs/exporter.md (from compat.FIELDS). `--check` only compares (the tests run it), so the
+committed files never drift from the code.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from typing import Any
 
 import yaml
 
-from openxpu_exporter import alerts, dashboard
+from openxpu_exporter import alerts, compat, dashboard
 
 ASSETS = Path(__file__).parent / "assets"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "exporter.md"
+DCGM_TABLE_START = "<!-- DCGM table: written by python -m openxpu_exporter.render -->\n"
+DCGM_TABLE_END = "<!-- end of the DCGM table -->\n"
 DASHBOARD_FILE = "openxpu-dashboard.json"
 RULES_FILE = "openxpu-alerts.yaml"
 COMMON_LABELS = {
@@ -36,6 +40,14 @@ def _yaml(data: Any) -> str:
 
 def dashboard_json() -> str:
     return json.dumps(dashboard.build(), indent=2) + "\n"
+
+
+def docs_with_dcgm_table() -> str:
+    head, start, rest = DOCS.read_text().partition(DCGM_TABLE_START)
+    _, end, tail = rest.partition(DCGM_TABLE_END)
+    if not (start and end):
+        raise SystemExit(f"{DOCS}: the DCGM table's markers are missing")
+    return head + start + compat.markdown_table() + end + tail
 
 
 def files() -> dict[Path, str]:
@@ -62,6 +74,7 @@ def files() -> dict[Path, str]:
         ASSETS / RULES_FILE: _yaml(groups),
         DEPLOY / "grafana-dashboard-configmap.yaml": _yaml(configmap),
         DEPLOY / "prometheus-rule.yaml": _yaml(rule),
+        DOCS: docs_with_dcgm_table(),
     }
 
 

@@ -56,12 +56,15 @@ class SnapshotReader:
                 inventory = await self.client.inventory()
                 self._models = {d.uuid: d.product for d in inventory.devices}
         except XpuError as exc:
-            # Stale readings would look like a healthy device; serve none and say why instead.
-            if self.state.xpud_up or self.state.snapshot is not None:
-                log.warning("xpud unreadable, device metrics withheld: %s", exc)
-            self.state.errors["xpud"] += 1
-            self.state.xpud_up = False
-            self.state.snapshot = None
+            self._unreadable(f"xpud unreadable, device metrics withheld: {exc}")
+            return None
+        except Exception as exc:
+            # Anything else (say, a newer xpud's answer this client cannot parse) is as much
+            # an outage: serving the last snapshot with xpud_up 1 would hide it.
+            self._unreadable(
+                f"xpud's answer could not be read, device metrics withheld: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
             return None
         snapshot = Snapshot(
             telemetry=telemetry,
@@ -73,3 +76,11 @@ class SnapshotReader:
         self.state.xpud_up = True
         self.state.ready = True
         return snapshot
+
+    def _unreadable(self, why: str) -> None:
+        # Stale readings would look like a healthy device; serve none and say why instead.
+        if self.state.xpud_up or self.state.snapshot is not None:
+            log.warning("%s", why)
+        self.state.errors["xpud"] += 1
+        self.state.xpud_up = False
+        self.state.snapshot = None
