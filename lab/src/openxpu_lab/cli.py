@@ -17,6 +17,13 @@ from openxpu_lab.settings import LabSettings
 from openxpu_lab.shell import LabError
 
 
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative")
+    return n
+
+
 def _lab(args: argparse.Namespace) -> Lab:
     settings = LabSettings.for_state(Path(args.state_dir), args.node_name)
     return Lab(settings, Progress(quiet=args.quiet))
@@ -147,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--kwok-nodes",
-        type=int,
+        type=_count,
         default=None,
         metavar="N",
         help="run exactly N KWOK-simulated nodes (tainted kwok.x-k8s.io/node=fake); "
