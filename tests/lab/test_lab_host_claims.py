@@ -12,8 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
-import uuid
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
@@ -25,73 +24,34 @@ from openxpu_lab.paths import StateLayout
 from openxpu_lab.settings import LabSettings
 from openxpu_lab.shell import LabError
 
+from . import foreign
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="iptables, cgroups and mounts need root"),
 ]
-
-CGROUP_PIDS = Path("/sys/fs/cgroup/pids")
 
 
 def _lab(tmp_path: Path, kubelet_root: Path) -> Lab:
     return Lab(LabSettings(StateLayout(tmp_path / "state"), "n", kubelet_root=kubelet_root))
 
 
-def _chain_exists(chain: str) -> bool:
-    return subprocess.run(["iptables", "-n", "-L", chain], capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def foreign_chains() -> Iterator[list[str]]:
-    tag = uuid.uuid4().hex[:6].upper()
-    chains = [f"KUBE-FOREIGN-{tag}", f"CNI-FOREIGN-{tag}"]
-    for chain in chains:
-        subprocess.run(["iptables", "-N", chain], check=True)
-    yield chains
-    for chain in chains:
-        subprocess.run(["iptables", "-X", chain], capture_output=True)
-
-
-@pytest.fixture
-def foreign_pods() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Sleepers in cgroups named like another kubelet's pods: the top-level /kubepods that a
-    cgroupfs kubelet uses, and a kubepods under another parent."""
-    tag = uuid.uuid4().hex[:6]
-    cgroups = [
-        CGROUP_PIDS / "kubepods" / f"foreign-{tag}",
-        CGROUP_PIDS / f"other-{tag}" / "kubepods",
-    ]
-    made = [c for c in cgroups if not c.exists()]
-    sleepers = []
-    for cgroup in cgroups:
-        cgroup.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(["sleep", "300"])
-        (cgroup / "cgroup.procs").write_text(str(proc.pid))
-        sleepers.append(proc)
-    yield sleepers
-    for proc in sleepers:
-        proc.kill()
-        proc.wait()
-    for cgroup in made:
-        cgroup.rmdir()
-    (CGROUP_PIDS / f"other-{tag}").rmdir()
-
-
-def test_down_of_a_lab_that_never_came_up_touches_nothing(
-    tmp_path: Path,
-    foreign_chains: list[str],
-    foreign_pods: list[subprocess.Popen[bytes]],
-) -> None:
+def test_down_of_a_lab_that_never_came_up_touches_nothing(tmp_path: Path) -> None:
     kubelet_root = tmp_path / "kubelet"
     mount = kubelet_root / "pods" / "x" / "volumes"
     mount.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "foreign", str(mount)], check=True)
+    tag = foreign.tag()
     try:
-        report = _lab(tmp_path, kubelet_root).down()
-        assert report == []
-        assert all(_chain_exists(c) for c in foreign_chains)
-        assert [p.poll() for p in foreign_pods] == [None, None]
-        assert os.path.ismount(mount)
+        with (
+            foreign.chains("filter", f"KUBE-FOREIGN-{tag}", f"CNI-FOREIGN-{tag}") as chains,
+            foreign.pods() as pods,
+        ):
+            report = _lab(tmp_path, kubelet_root).down()
+            assert report == []
+            assert all(foreign.chain_exists("filter", c) for c in chains)
+            assert [p.poll() for p in pods] == [None, None]
+            assert os.path.ismount(mount)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
 
@@ -142,6 +102,10 @@ def test_up_refuses_a_kubelet_root_a_running_kubelet_uses(
     shutil.copy("/bin/sh", fake)
     # `; :` keeps sh from exec'ing sleep, so the process stays named kubelet.
     proc = subprocess.Popen([fake, "-c", "sleep 60; :", "kubelet", f"--root-dir={kubelet_root}"])
+    comm = Path(f"/proc/{proc.pid}/comm")
+    deadline = time.monotonic() + 10
+    while comm.read_text().strip() != "kubelet" and time.monotonic() < deadline:
+        time.sleep(0.01)  # between fork and exec it is still named python
     try:
         message = _refusal(_lab(tmp_path, kubelet_root), monkeypatch)
         assert f"a kubelet that is not the lab's (pid {proc.pid}) runs on {kubelet_root}" in message
