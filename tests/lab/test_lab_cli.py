@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from openxpu_lab import cli
-from openxpu_lab.cluster import COMPONENTS
+from openxpu_lab import cli, kube, pki
+from openxpu_lab.cluster import COMPONENTS, Lab
+from openxpu_lab.kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.unit
 
@@ -112,3 +113,23 @@ def test_load_images_without_a_running_lab_is_a_clear_error(
 ) -> None:
     assert _run(tmp_path, "load-images") == 1
     assert "containerd is not running: run `openxpu-lab up` first" in capsys.readouterr().err
+
+
+def test_an_api_server_failure_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lab whose API server refuses the lab's own calls (here: nothing listens where the
+    kubeconfig points) ends in one line, not a traceback."""
+
+    def restart(lab: Lab, component: str) -> None:
+        kube.core(kube.api_client(kubeconfig)).read_node("n", _request_timeout=2)
+
+    kubeconfig = tmp_path / "admin.kubeconfig"
+    ca = pki.ensure_ca(tmp_path)
+    client = pki.ensure_cert(tmp_path, ca, "admin", "admin")
+    write_kubeconfig(kubeconfig, "https://127.0.0.1:9", ca.cert, client, "admin")
+    monkeypatch.setattr(Lab, "restart", restart)
+    assert _run(tmp_path, "restart", "kubelet") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("openxpu-lab: error: the API server did not answer: ")
+    assert err.count("\n") == 1

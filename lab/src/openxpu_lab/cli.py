@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from openxpu_lab import envtest, gobuild, procs, versions
+from openxpu_lab import envtest, gobuild, kube, procs, versions
 from openxpu_lab.cluster import COMPONENTS, Lab
 from openxpu_lab.paths import default_state_dir
 from openxpu_lab.progress import Progress
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         rc: int = args.func(args)
     except LabError as exc:
         print(f"openxpu-lab: error: {exc}", file=sys.stderr)
+        return 1
+    except kube.API_ERRORS as exc:
+        print(f"openxpu-lab: error: {kube.describe(exc)}", file=sys.stderr)
         return 1
     return rc
 

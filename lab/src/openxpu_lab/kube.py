@@ -16,6 +16,13 @@ API_ERRORS: tuple[type[Exception], ...] = (ApiException, urllib3.exceptions.HTTP
 TIMEOUT = 10.0
 
 
+def describe(exc: Exception) -> str:
+    """One line for an API failure (an ApiException's text carries headers and body)."""
+    if isinstance(exc, ApiException):
+        return f"the API server answered HTTP {exc.status} {exc.reason}"
+    return f"the API server did not answer: {exc}"
+
+
 def api_client(kubeconfig: Path) -> Any:
     """A client of the kubeconfig's identity. No retries: the lab's readiness loops poll."""
     cfg = client.Configuration()
