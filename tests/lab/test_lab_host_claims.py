@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from openxpu_lab import hostdeps
+from openxpu_lab import hostdeps, node
 from openxpu_lab.cluster import Lab
 from openxpu_lab.node import KUBELET_ROOT_MARKER
 from openxpu_lab.paths import StateLayout
@@ -91,21 +91,53 @@ def test_up_refuses_a_kubelet_root_that_is_not_its_own(
     assert refusal.format(root=kubelet_root) in message
 
 
+def _fake_kubelet(tmp_path: Path, *argv: str) -> subprocess.Popen[bytes]:
+    """A copy of sh named kubelet, running `argv`; returns once it carries that name."""
+    fake = tmp_path / "kubelet-bin" / "kubelet"
+    fake.parent.mkdir(exist_ok=True)
+    shutil.copy("/bin/sh", fake)
+    proc = subprocess.Popen([fake, *argv])
+    comm = Path(f"/proc/{proc.pid}/comm")
+    deadline = time.monotonic() + 10
+    while comm.read_text().strip() != "kubelet" and time.monotonic() < deadline:
+        time.sleep(0.01)  # between fork and exec it is still named python
+    return proc
+
+
+def test_up_is_not_stopped_by_a_dead_kubelet_nobody_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `restart kubelet` the old one may linger as a zombie (no command line left,
+    so it would read as a kubelet on the default root): it holds nothing."""
+
+    class PastTheCheck(Exception):
+        pass
+
+    def past_the_check(*args: object) -> None:
+        raise PastTheCheck
+
+    kubelet_root = tmp_path / "kubelet"
+    kubelet_root.mkdir()
+    monkeypatch.setattr(node, "DEFAULT_KUBELET_ROOT", kubelet_root)
+    zombie = _fake_kubelet(tmp_path, "-c", "exit 0")
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    monkeypatch.setattr(hostdeps, "ensure_packages", past_the_check)
+    try:
+        with pytest.raises(PastTheCheck):
+            _lab(tmp_path, kubelet_root).up()
+    finally:
+        zombie.wait()
+
+
 def test_up_refuses_a_kubelet_root_a_running_kubelet_uses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An empty root, but a process named kubelet runs on it (a copy of sh, named so)."""
     kubelet_root = tmp_path / "kubelet"
     kubelet_root.mkdir()
-    fake = tmp_path / "kubelet-bin" / "kubelet"
-    fake.parent.mkdir()
-    shutil.copy("/bin/sh", fake)
     # `; :` keeps sh from exec'ing sleep, so the process stays named kubelet.
-    proc = subprocess.Popen([fake, "-c", "sleep 60; :", "kubelet", f"--root-dir={kubelet_root}"])
-    comm = Path(f"/proc/{proc.pid}/comm")
-    deadline = time.monotonic() + 10
-    while comm.read_text().strip() != "kubelet" and time.monotonic() < deadline:
-        time.sleep(0.01)  # between fork and exec it is still named python
+    proc = _fake_kubelet(tmp_path, "-c", "sleep 60; :", "kubelet", f"--root-dir={kubelet_root}")
     try:
         message = _refusal(_lab(tmp_path, kubelet_root), monkeypatch)
         assert f"a kubelet that is not the lab's (pid {proc.pid}) runs on {kubelet_root}" in message

@@ -14,6 +14,7 @@ from openxpu_lab.settings import (
     CLUSTER_DNS_IP,
     CLUSTER_DOMAIN,
     CNI_NETWORK,
+    DEFAULT_KUBELET_ROOT,
     NODE_IP,
     POD_CIDR,
     POD_GATEWAY,
@@ -158,10 +159,13 @@ def _kubelet_root_dir(pid: int) -> Path | None:
     try:
         if Path(f"/proc/{pid}/comm").read_text().strip() != "kubelet":
             return None
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    root = "/var/lib/kubelet"
+    if not cmdline:
+        return None  # a zombie (a stopped kubelet nobody has reaped yet) uses nothing
+    argv = cmdline.decode(errors="replace").split("\0")
+    root = str(DEFAULT_KUBELET_ROOT)
     for i, arg in enumerate(argv):
         if arg.startswith("--root-dir="):
             root = arg.split("=", 1)[1]

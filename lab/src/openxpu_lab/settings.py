@@ -25,6 +25,9 @@ CLUSTER_DNS_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 CNI_NETWORK = "openxpu-lab"
 APISERVER_PORT = 6443
+# The standard place, not the state dir: device plugins (kubelet.sock), the exporter
+# (pod-resources socket) and every chart's hostPath mounts expect the kubelet there.
+DEFAULT_KUBELET_ROOT = Path("/var/lib/kubelet")
 
 
 def default_node_name() -> str:
@@ -47,9 +50,7 @@ class LabSettings:
     etcd_client_port: int = 12379
     etcd_peer_port: int = 12380
     apiserver_only: bool = False
-    # The standard place, not the state dir: device plugins (kubelet.sock), the exporter
-    # (pod-resources socket) and every chart's hostPath mounts expect the kubelet there.
-    kubelet_root: Path = Path("/var/lib/kubelet")
+    kubelet_root: Path = DEFAULT_KUBELET_ROOT
 
     @property
     def server_url(self) -> str:
