@@ -146,13 +146,15 @@ def test_down_after_a_crash_leaves_nothing(lab_cluster: LabCluster) -> None:
 
 
 def test_down_spares_another_clusters_chains_and_pods(lab_cluster: LabCluster) -> None:
-    """Another cluster on the host: a chain named like kube-proxy's from before the lab came
-    up, chains and pods (processes in cgroups called kubepods) from while it runs. `down`
-    removes everything of the lab's and none of theirs."""
+    """Another cluster on the host: chains with names the lab's components use, there before
+    the lab came up (an older kube-proxy's KUBE-MARK-DROP, portmap's CNI-HOSTPORT-SETMARK),
+    chains and pods (processes in cgroups called kubepods) made while it runs. `down`
+    removes everything of the lab's and none of theirs. (A foreign KUBE-SVC-* chain would
+    not do: the lab's kube-proxy itself deletes service chains it does not know.)"""
     lab = lab_cluster.lab
     tag = foreign.tag()
     lab.down()
-    with foreign.chains("nat", f"KUBE-SVC-FOREIGN{tag}") as before:
+    with foreign.chains("nat", "KUBE-MARK-DROP", "CNI-HOSTPORT-SETMARK") as before:
         lab.up(openxpu_image=False)
         with (
             foreign.chains("filter", f"KUBE-FOREIGN-{tag}", f"CNI-FOREIGN-{tag}") as during,
