@@ -120,11 +120,11 @@ def lab_cluster() -> Iterator[LabCluster]:
     else:
         # Reused: still make sure the images of the current sources are in containerd.
         lab.load_images()
-    info = json.loads(lab.lay.info.read_text())
+    info = json.loads(lab.layout.info.read_text())
     cluster = LabCluster(
         lab=lab,
-        kubeconfig=lab.lay.admin_kubeconfig,
-        node_name=lab.s.node_name,
+        kubeconfig=lab.layout.admin_kubeconfig,
+        node_name=lab.settings.node_name,
         images=info["images"],
         kubectl_bin=str(kubectl_path()),
     )

@@ -7,11 +7,28 @@ import time
 
 import pytest
 
+from openxpu_lab import procs
+
 from .conftest import LabCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build kwok (minutes, cold)
 
 COUNT = 3
+
+
+def _assert_kwok_has_its_own_identity(lab_cluster: LabCluster) -> None:
+    """The controller drives node and pod status with a kubeconfig that cannot do more."""
+    record = procs.read("kwok", lab_cluster.lab.layout.pids)
+    assert record is not None
+    kubeconfig = next(a for a in record["argv"] if a.startswith("--kubeconfig=")).split("=", 1)[1]
+
+    def can_i(*request: str) -> str:
+        r = lab_cluster.kubectl("--kubeconfig", kubeconfig, "auth", "can-i", *request, check=False)
+        return r.stdout.strip()
+
+    assert can_i("patch", "nodes", "--subresource=status") == "yes"
+    assert can_i("create", "pods") == "no"
+    assert can_i("delete", "nodes") == "no"
 
 
 def test_kwok_nodes_join_and_run_pods(lab_cluster: LabCluster) -> None:
@@ -34,6 +51,7 @@ def test_kwok_nodes_join_and_run_pods(lab_cluster: LabCluster) -> None:
                 break
             time.sleep(1)
         assert len(ready) == COUNT, f"KWOK nodes Ready: {ready}"
+        _assert_kwok_has_its_own_identity(lab_cluster)
         deployment = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

@@ -11,8 +11,9 @@ from pathlib import Path
 from openxpu_lab.shell import run
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
-# The kubelet (cgroupfs driver, cgroupsPerQOS) puts every pod under this cgroup.
-KUBEPODS = "kubepods"
+# The lab's kubelet (cgroupfs driver) puts its pods under this cgroup root, not the usual
+# /kubepods, so another kubelet's pods on the host are never taken for the lab's.
+CGROUP_ROOT = "openxpu-lab"
 
 
 def mounts_under(root: Path) -> list[str]:
@@ -39,23 +40,47 @@ def unmount_under(root: Path) -> int:
     return count
 
 
-def kubepods_pids() -> list[int]:
+def _hierarchies() -> list[Path]:
+    """The host's cgroup v1 hierarchies (cpu, memory, pids, name=systemd, ...)."""
+    if not CGROUP_V1.is_dir():
+        return []
+    return [
+        h
+        for h in sorted(CGROUP_V1.iterdir())
+        if h.is_dir() and not h.is_symlink() and h.name != "unified"
+    ]
+
+
+def cgroup_dirs(name: str = CGROUP_ROOT) -> list[Path]:
+    return [h / name for h in _hierarchies() if (h / name).is_dir()]
+
+
+def ensure_cgroup_root(name: str = CGROUP_ROOT) -> None:
+    """The kubelet refuses a cgroupRoot that does not exist in every hierarchy."""
+    for h in _hierarchies():
+        d = h / name
+        d.mkdir(exist_ok=True)
+        # A new cpuset cgroup starts with no CPUs or memory nodes: give it the parent's.
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if (d / knob).exists() and not (d / knob).read_text().strip():
+                (d / knob).write_text((h / knob).read_text())
+
+
+def cgroup_pids(name: str = CGROUP_ROOT) -> list[int]:
     pids: set[int] = set()
-    for sub in ("pids", "memory", "cpu", "freezer"):
-        base = CGROUP_V1 / sub / KUBEPODS
-        if not base.exists():
-            continue
+    for base in cgroup_dirs(name):
         for procs_file in base.rglob("cgroup.procs"):
             with contextlib.suppress(OSError):
                 pids.update(int(x) for x in procs_file.read_text().split())
     return sorted(pids)
 
 
-def kill_kubepods() -> int:
-    """Backstop for containers whose shim is already gone: SIGKILL what is left in kubepods."""
+def kill_cgroup(name: str = CGROUP_ROOT) -> int:
+    """Backstop for containers whose shim is already gone: SIGKILL what is left in the lab's
+    cgroup root."""
     killed = 0
     for _ in range(20):
-        pids = kubepods_pids()
+        pids = cgroup_pids(name)
         if not pids:
             break
         for pid in pids:
@@ -66,14 +91,9 @@ def kill_kubepods() -> int:
     return killed
 
 
-def remove_kubepods_cgroups() -> int:
+def remove_cgroup(name: str = CGROUP_ROOT) -> int:
     removed = 0
-    if not CGROUP_V1.exists():
-        return 0
-    for sub in sorted(CGROUP_V1.iterdir()):
-        base = sub / KUBEPODS
-        if not base.is_dir() or base.is_symlink():
-            continue
+    for base in cgroup_dirs(name):
         dirs = sorted(
             (p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
         )

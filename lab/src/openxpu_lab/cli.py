@@ -9,12 +9,19 @@ import sys
 import time
 from pathlib import Path
 
-from openxpu_lab import envtest, gobuild, procs, versions
+from openxpu_lab import envtest, gobuild, kube, procs, versions
 from openxpu_lab.cluster import COMPONENTS, Lab
 from openxpu_lab.paths import default_state_dir
 from openxpu_lab.progress import Progress
 from openxpu_lab.settings import LabSettings
 from openxpu_lab.shell import LabError
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative")
+    return n
 
 
 def _lab(args: argparse.Namespace) -> Lab:
@@ -147,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--kwok-nodes",
-        type=int,
+        type=_count,
         default=None,
         metavar="N",
         help="run exactly N KWOK-simulated nodes (tainted kwok.x-k8s.io/node=fake); "
@@ -193,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         rc: int = args.func(args)
     except LabError as exc:
         print(f"openxpu-lab: error: {exc}", file=sys.stderr)
+        return 1
+    except kube.API_ERRORS as exc:
+        print(f"openxpu-lab: error: {kube.describe(exc)}", file=sys.stderr)
         return 1
     return rc
 

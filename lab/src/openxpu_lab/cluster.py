@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import shutil
@@ -11,20 +10,22 @@ import ssl
 import time
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypedDict
 
 from openxpu_lab import (
+    claims,
     cleanup,
     controlplane,
     dns,
     gobuild,
     health,
     hostdeps,
+    kube,
     kwok,
     network,
     node,
     procs,
+    rbac,
     versions,
 )
 from openxpu_lab.images import openxpu, store
@@ -79,22 +80,23 @@ def _insecure_ok(url: str) -> bool:
 
 class Lab:
     def __init__(self, settings: LabSettings, progress: Progress | None = None) -> None:
-        self.s = settings
-        self.lay = settings.layout
-        self.p = progress or Progress()
+        self.settings = settings
+        self.layout = settings.layout
+        self.progress = progress or Progress()
+        self._admin_client: Any = None
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _admin(self) -> tuple[Path, Path, Path]:
-        return self.lay.pki / "ca.crt", self.lay.pki / "admin.crt", self.lay.pki / "admin.key"
-
-    def api_get(self, path: str) -> Any:
-        return health.get_json(f"{self.s.server_url}{path}", *self._admin())
+    def admin_api(self) -> Any:
+        """A Kubernetes client as the lab's admin (made once the kubeconfig exists)."""
+        if self._admin_client is None:
+            self._admin_client = kube.api_client(self.layout.admin_kubeconfig)
+        return self._admin_client
 
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> bool:
-        if procs.alive(name, self.lay.pids) is not None:
+        if procs.alive(name, self.layout.pids) is not None:
             return False
-        procs.start(name, argv, self.lay.pids, self.lay.logs, env)
+        procs.start(name, argv, self.layout.pids, self.layout.logs, env)
         return True
 
     def _wait(self, name: str, what: str, probe: Any, timeout: float = 90) -> None:
@@ -103,30 +105,43 @@ class Lab:
             probe,
             timeout=timeout,
             component=name,
-            pid_dir=self.lay.pids,
-            log_dir=self.lay.logs,
+            pid_dir=self.layout.pids,
+            log_dir=self.layout.logs,
         )
 
     def node_ready(self, since: float = 0.0) -> bool:
-        """Ready, and (with `since`) reported by a kubelet heartbeat at or after that time:
-        after a restart the node object still shows the last run's stale Ready."""
-        try:
-            n = self.api_get(f"/api/v1/nodes/{self.s.node_name}")
-        except OSError:
+        """Ready, and (with `since`) reported by a kubelet heartbeat at or after that time."""
+        if not self.layout.admin_kubeconfig.exists():
             return False
-        for c in n.get("status", {}).get("conditions", []):
-            if c["type"] == "Ready" and c["status"] == "True":
-                beat = dt.datetime.fromisoformat(c["lastHeartbeatTime"].replace("Z", "+00:00"))
-                # Heartbeats have one-second resolution.
-                return beat.timestamp() >= since - 1.0
-        return False
+        return kube.node_ready(self.admin_api(), self.settings.node_name, since)
 
     def _default_sa(self) -> bool:
+        read = kube.core(self.admin_api()).read_namespaced_service_account
         try:
-            self.api_get("/api/v1/namespaces/default/serviceaccounts/default")
-        except OSError:
+            return kube.exists(read, "default", "default")
+        except kube.API_ERRORS:
             return False
-        return True
+
+    def _refuse_foreign_kubelet_root(self) -> None:
+        reason = node.foreign_kubelet_root(self.settings, procs.alive("kubelet", self.layout.pids))
+        if reason:
+            raise LabError(
+                f"{reason}: the lab will not share it. Stop that kubelet (or bring that lab "
+                f"down with --purge), or remove {self.settings.kubelet_root} if nothing uses it."
+            )
+
+    def _claim_host(self) -> None:
+        """Record what is on the host before the lab adds its own: `down` removes the rest."""
+        host = claims.load(self.layout.host_claims)
+        if not host["active"]:
+            host = {
+                "active": True,
+                "foreign_chains": network.chain_ids(),
+                "kubelet_root": str(self.settings.kubelet_root),
+                "cgroup_root": cleanup.CGROUP_ROOT,
+            }
+            claims.save(self.layout.host_claims, host)
+        cleanup.ensure_cgroup_root()
 
     # ---- up ------------------------------------------------------------------------------
 
@@ -135,8 +150,10 @@ class Lab:
         KWOK nodes as they are, N makes it exactly N (0 removes them)."""
         if os.geteuid() != 0:
             raise LabError("openxpu-lab up needs root (it runs containerd, the kubelet, CNI)")
+        self._refuse_foreign_kubelet_root()
         t_start = time.monotonic()
-        p = self.p
+        p = self.progress
+        settings, layout = self.settings, self.layout
         hostdeps.ensure_packages(hostdeps.NODE_PACKAGES, p)
         built = 0.0
         built += sum(
@@ -148,37 +165,36 @@ class Lab:
         built += sum(gobuild.ensure(gobuild.coredns_tool(), p).values())
         gobuild.kubectl_path(p)
         t_run = time.monotonic()
-        self.lay.ensure()
-        creds = controlplane.ensure_credentials(self.s)
-        node.write_node_configs(self.s, creds)
-        network.setup(self.lay.root)
-        s, lay = self.s, self.lay
+        layout.ensure()
+        self._claim_host()
+        creds = controlplane.ensure_credentials(settings)
+        node.write_node_configs(settings, creds)
+        network.setup(layout.root)
 
         with p.step("etcd"):
-            self._start("etcd", controlplane.etcd_argv(s))
-            self._wait("etcd", "/health", lambda: health.http_ok(f"{s.etcd_url}/health"))
+            self._start("etcd", controlplane.etcd_argv(settings, creds.etcd))
+            self._wait("etcd", "/health", lambda: controlplane.etcd_healthy(settings, creds.etcd))
         with p.step("kube-apiserver"):
-            self._start("kube-apiserver", controlplane.apiserver_argv(s, creds))
-            self._wait(
-                "kube-apiserver",
-                "/readyz",
-                lambda: health.http_ok(f"{s.server_url}/readyz", *self._admin()),
-            )
+            self._start("kube-apiserver", controlplane.apiserver_argv(settings, creds))
+            self._wait("kube-apiserver", "/readyz", lambda: kube.ready(self.admin_api()))
+            rbac.ensure_component_roles(self.admin_api())
         with p.step("containerd (CRI + CDI)"):
-            self._start("containerd", node.containerd_argv(s), node.containerd_env())
+            self._start("containerd", node.containerd_argv(settings), node.containerd_env())
             self._wait(
                 "containerd",
                 "its socket",
                 lambda: (
-                    lay.containerd_socket.exists()
-                    and run(node.ctr(s, "version"), check=False).returncode == 0
+                    layout.containerd_socket.exists()
+                    and run(node.ctr(settings, "version"), check=False).returncode == 0
                 ),
             )
         for archive in store.ensure_basic_archives(p):
-            store.import_archive(s, archive, p)
+            store.import_archive(settings, archive, p)
         with p.step("kube-controller-manager, kube-scheduler"):
-            self._start("kube-controller-manager", controlplane.controller_manager_argv(s, creds))
-            self._start("kube-scheduler", controlplane.scheduler_argv(s, creds))
+            self._start(
+                "kube-controller-manager", controlplane.controller_manager_argv(settings, creds)
+            )
+            self._start("kube-scheduler", controlplane.scheduler_argv(settings, creds))
             self._wait(
                 "kube-controller-manager",
                 "/healthz",
@@ -190,8 +206,8 @@ class Lab:
                 lambda: _insecure_ok("https://127.0.0.1:10259/healthz"),
             )
         with p.step("cluster DNS (CoreDNS on the host, Service kube-dns)"):
-            dns.ensure_service(s)
-            self._start("coredns", dns.coredns_argv(s))
+            dns.ensure_service(self.admin_api())
+            self._start("coredns", dns.coredns_argv(settings, creds.coredns_kubeconfig))
             self._wait(
                 "coredns",
                 "/ready",
@@ -199,13 +215,13 @@ class Lab:
             )
         with p.step("kubelet, kube-proxy"):
             kubelet_started = time.time()
-            if not self._start("kubelet", node.kubelet_argv(s, creds)):
+            if not self._start("kubelet", node.kubelet_argv(settings, creds)):
                 kubelet_started = 0.0  # already running: its current status counts
-            self._start("kube-proxy", node.kube_proxy_argv(s))
+            self._start("kube-proxy", node.kube_proxy_argv(settings))
             self._wait(
                 "kubelet", "/healthz", lambda: health.http_ok("http://127.0.0.1:10248/healthz")
             )
-        with p.step(f"waiting for node {s.node_name} to be Ready"):
+        with p.step(f"waiting for node {settings.node_name} to be Ready"):
             self._wait(
                 "kubelet", "node Ready", lambda: self.node_ready(since=kubelet_started), timeout=180
             )
@@ -216,74 +232,75 @@ class Lab:
         ready = time.monotonic() - t_run
         if kwok_nodes is not None:
             with p.step(f"{kwok_nodes} KWOK-simulated nodes"):
-                kwok.ensure_kwok_nodes(s, kwok_nodes, p)
+                kwok.ensure_kwok_nodes(settings, self.admin_api(), kwok_nodes, p)
         if openxpu_image:
             self.load_openxpu_image()
         info: LabInfo = {
-            "kubeconfig": str(lay.admin_kubeconfig),
-            "server": s.server_url,
-            "node": s.node_name,
-            "state_dir": str(lay.root),
+            "kubeconfig": str(layout.admin_kubeconfig),
+            "server": settings.server_url,
+            "node": settings.node_name,
+            "state_dir": str(layout.root),
             "cold_build_seconds": round(gobuild.recorded_build_seconds(), 1),
             "start_seconds": round(ready, 1),
             "images": store.image_names(),
         }
-        lay.info.write_text(json.dumps(info, indent=2) + "\n")
+        layout.info.write_text(json.dumps(info, indent=2) + "\n")
         p.say(
             f"lab is up in {time.monotonic() - t_start:.1f}s; "
-            f"export KUBECONFIG={lay.admin_kubeconfig}"
+            f"export KUBECONFIG={layout.admin_kubeconfig}"
         )
         return UpResult(info, built, ready)
 
     def load_images(self, force: bool = False) -> None:
-        if procs.alive("containerd", self.lay.pids) is None:
+        if procs.alive("containerd", self.layout.pids) is None:
             raise LabError("containerd is not running: run `openxpu-lab up` first")
-        for archive in store.ensure_basic_archives(self.p):
-            store.import_archive(self.s, archive, self.p)
+        for archive in store.ensure_basic_archives(self.progress):
+            store.import_archive(self.settings, archive, self.progress)
         self.load_openxpu_image(force)
 
     def load_openxpu_image(self, force: bool = False) -> None:
-        hostdeps.ensure_packages(("mmdebstrap",), self.p)
-        archive = openxpu.ensure_image(self.p, force=force)
-        store.import_archive(self.s, archive, self.p)
+        hostdeps.ensure_packages(("mmdebstrap",), self.progress)
+        archive = openxpu.ensure_image(self.progress, force=force)
+        store.import_archive(self.settings, archive, self.progress)
 
     def restart(self, component: str) -> UpResult:
         """Stop one component by pid and bring the lab back (e.g. kubelet restart tests:
         device plugins must re-register with the new kubelet)."""
         if component not in COMPONENTS:
             raise LabError(f"unknown component {component}; one of {', '.join(COMPONENTS)}")
-        was_running = procs.stop(component, self.lay.pids)
+        was_running = procs.stop(component, self.layout.pids)
         if component == "kwok" and was_running:
-            kwok.ensure_kwok_controller(self.s, self.p)
+            kwok.ensure_kwok_controller(self.settings, self.progress)
         return self.up(openxpu_image=False)
 
     # ---- status --------------------------------------------------------------------------
 
     def is_up(self) -> bool:
         """Every required component runs and the node is Ready."""
-        st = self.status()
-        required = [pid for c, pid in st["components"].items() if c not in OPTIONAL]
-        return bool(st["node_ready"]) and all(required)
+        status = self.status()
+        required = [pid for c, pid in status["components"].items() if c not in OPTIONAL]
+        return bool(status["node_ready"]) and all(required)
 
     def status(self) -> dict[str, Any]:
-        comps = {c: procs.alive(c, self.lay.pids) for c in COMPONENTS}
-        st: dict[str, Any] = {
-            "state_dir": str(self.lay.root),
-            "components": comps,
+        pids = {c: procs.alive(c, self.layout.pids) for c in COMPONENTS}
+        status: dict[str, Any] = {
+            "state_dir": str(self.layout.root),
+            "components": pids,
             "node_ready": False,
         }
-        if comps["kube-apiserver"] is not None:
-            st["node_ready"] = self.node_ready()
-        return st
+        if pids["kube-apiserver"] is not None:
+            status["node_ready"] = self.node_ready()
+        return status
 
     # ---- down ----------------------------------------------------------------------------
 
     def _sandbox_netns(self) -> list[str]:
         """Network namespaces of our pod sandboxes, read from containerd before it stops."""
         found: list[str] = []
-        out = run(node.ctr(self.s, "containers", "ls", "-q"), check=False, timeout=30).stdout
+        ctr = node.ctr
+        out = run(ctr(self.settings, "containers", "ls", "-q"), check=False, timeout=30).stdout
         for cid in out.split():
-            info = run(node.ctr(self.s, "containers", "info", cid), check=False, timeout=30)
+            info = run(ctr(self.settings, "containers", "info", cid), check=False, timeout=30)
             try:
                 spec = json.loads(info.stdout).get("Spec", {})
             except ValueError:
@@ -294,39 +311,42 @@ class Lab:
         return sorted(set(found))
 
     def _kill_tasks(self) -> None:
-        out = run(node.ctr(self.s, "tasks", "ls", "-q"), check=False, timeout=30).stdout
+        ctr, settings = node.ctr, self.settings
+        out = run(ctr(settings, "tasks", "ls", "-q"), check=False, timeout=30).stdout
         for tid in out.split():
-            run(node.ctr(self.s, "tasks", "kill", "-s", "SIGKILL", tid), check=False, timeout=30)
+            run(ctr(settings, "tasks", "kill", "-s", "SIGKILL", tid), check=False, timeout=30)
         for tid in out.split():
-            run(node.ctr(self.s, "tasks", "delete", "-f", tid), check=False, timeout=30)
+            run(ctr(settings, "tasks", "delete", "-f", tid), check=False, timeout=30)
 
     def down(self, purge: bool = False) -> list[str]:
+        """Stop the lab's processes and remove what its `up` made on the host (claims.py),
+        nothing else: another cluster's pods, chains and mounts stay."""
         report: list[str] = []
-        lay = self.lay
+        settings, layout = self.settings, self.layout
         netns: list[str] = []
-        if procs.alive("kube-apiserver", lay.pids) is not None:
+        if procs.alive("kube-apiserver", layout.pids) is not None:
             try:
-                n = kwok.delete_kwok_nodes(self.s)
-            except OSError:
+                n = kwok.delete_kwok_nodes(self.admin_api())
+            except kube.API_ERRORS:
                 n = 0
             if n:
                 report.append(f"deleted {n} KWOK nodes")
         # The node goes first so nothing restarts containers while we remove them.
         for name in ("kwok", "kubelet", "kube-proxy"):
-            if procs.stop(name, lay.pids):
+            if procs.stop(name, layout.pids):
                 report.append(f"stopped {name}")
-        if procs.alive("containerd", lay.pids) is None and lay.containerd_state.exists():
+        if procs.alive("containerd", layout.pids) is None and layout.containerd_state.exists():
             # Left by a crash: containers may still run under their shims. Start containerd
             # again (briefly) so it can name their network namespaces and stop them.
-            self._start("containerd", node.containerd_argv(self.s), node.containerd_env())
+            self._start("containerd", node.containerd_argv(settings), node.containerd_env())
             with contextlib.suppress(LabError):
                 self._wait(
                     "containerd",
                     "its socket",
-                    lambda: run(node.ctr(self.s, "version"), check=False).returncode == 0,
+                    lambda: run(node.ctr(settings, "version"), check=False).returncode == 0,
                     timeout=30,
                 )
-        if procs.alive("containerd", lay.pids) is not None:
+        if procs.alive("containerd", layout.pids) is not None:
             netns = self._sandbox_netns()
             self._kill_tasks()
         for name in (
@@ -337,50 +357,74 @@ class Lab:
             "etcd",
             "containerd",
         ):
-            if procs.stop(name, lay.pids):
+            if procs.stop(name, layout.pids):
                 report.append(f"stopped {name}")
-        n = cleanup.kill_shims(lay.containerd_socket)
+        n = cleanup.kill_shims(layout.containerd_socket)
         if n:
             report.append(f"killed {n} containerd shims")
-        n = cleanup.kill_kubepods()
-        if n:
-            report.append(f"killed {n} leftover container processes")
-        n = cleanup.unmount_under(self.s.kubelet_root) + cleanup.unmount_under(lay.root)
+        report += self._release_host(netns)
+        # Runtime state only: certificates, etcd data and imported images stay for a warm start.
+        for d in (layout.containerd_state, layout.cni_ipam_dir):
+            shutil.rmtree(d, ignore_errors=True)
+        if purge:
+            cleanup.unmount_under(layout.root)
+            owned_kubelet_root = node.kubelet_root_owned_by_lab(settings)
+            shutil.rmtree(layout.root, ignore_errors=True)
+            report.append(f"deleted {layout.root}")
+            if owned_kubelet_root:
+                shutil.rmtree(settings.kubelet_root, ignore_errors=True)
+                report.append(f"deleted {settings.kubelet_root}")
+        return report
+
+    def _release_host(self, netns: list[str]) -> list[str]:
+        """Undo what `up` recorded in the host claims; nothing if this lab never came up."""
+        report: list[str] = []
+        settings, layout = self.settings, self.layout
+        host = claims.load(layout.host_claims)
+        cgroup_root = host["cgroup_root"] if host["active"] else None
+        if cgroup_root:
+            n = cleanup.kill_cgroup(cgroup_root)
+            if n:
+                report.append(f"killed {n} leftover container processes")
+        n = cleanup.unmount_under(layout.root)
+        if host["active"] and node.kubelet_root_owned_by_lab(settings):
+            n += cleanup.unmount_under(settings.kubelet_root)
         if n:
             report.append(f"unmounted {n} mounts")
         n = cleanup.remove_netns(netns)
         if n:
             report.append(f"removed {n} network namespaces")
-        n = cleanup.remove_kubepods_cgroups()
-        if n:
-            report.append(f"removed {n} pod cgroups")
-        report += [f"removed {x}" for x in network.teardown(lay.root)]
-        # Runtime state only: certificates, etcd data and imported images stay for a warm start.
-        for d in (lay.containerd_state, lay.cni_ipam_dir):
-            shutil.rmtree(d, ignore_errors=True)
-        if purge:
-            cleanup.unmount_under(lay.root)
-            shutil.rmtree(lay.root, ignore_errors=True)
-            report.append(f"deleted {lay.root}")
-            if (self.s.kubelet_root / node.KUBELET_ROOT_MARKER).exists():
-                shutil.rmtree(self.s.kubelet_root, ignore_errors=True)
-                report.append(f"deleted {self.s.kubelet_root}")
+        if not host["active"]:
+            return report
+        if cgroup_root:
+            n = cleanup.remove_cgroup(cgroup_root)
+            if n:
+                report.append(f"removed {n} pod cgroups")
+        report += [
+            f"removed {x}" for x in network.teardown(layout.root, frozenset(host["foreign_chains"]))
+        ]
+        host["active"] = False
+        claims.save(layout.host_claims, host)
         return report
 
     # ---- what `down` must not leave behind ------------------------------------------------
 
     def leftovers(self) -> list[str]:
         """Everything of this lab still on the host: empty after a clean `down`."""
+        layout = self.layout
         found: list[str] = []
         for c in COMPONENTS:
-            pid = procs.alive(c, self.lay.pids)
+            pid = procs.alive(c, layout.pids)
             if pid is not None:
                 found.append(f"process {c} (pid {pid})")
-        found += [f"containerd shim pid {p}" for p in cleanup.shim_pids(self.lay.containerd_socket)]
-        found += [f"container process pid {p}" for p in cleanup.kubepods_pids()]
-        found += [f"mount {m}" for m in cleanup.mounts_under(self.lay.root)]
-        found += [f"mount {m}" for m in cleanup.mounts_under(self.s.kubelet_root)]
+        found += [f"containerd shim pid {p}" for p in cleanup.shim_pids(layout.containerd_socket)]
+        found += [f"container process pid {p}" for p in cleanup.cgroup_pids()]
+        found += [f"cgroup {d}" for d in cleanup.cgroup_dirs()]
+        found += [f"mount {m}" for m in cleanup.mounts_under(layout.root)]
+        if node.kubelet_root_owned_by_lab(self.settings):
+            found += [f"mount {m}" for m in cleanup.mounts_under(self.settings.kubelet_root)]
         found += [f"network device {d}" for d in network.lab_links()]
         found += [f"network namespace {n}" for n in cleanup.cni_netns()]
-        found += [f"iptables {c}" for c in network.lab_iptables()]
+        foreign = frozenset(claims.load(layout.host_claims)["foreign_chains"])
+        found += [f"iptables {c}" for c in network.lab_iptables(foreign)]
         return found

@@ -5,15 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from openxpu_lab import paths, pki
+from openxpu_lab import health, paths, pki
 from openxpu_lab.kubeconfig import write_kubeconfig
 from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import KUBERNETES_SERVICE_IP, SERVICE_CIDR, LabSettings
+
+# Identities of the lab's host processes that are not Kubernetes components, each bound by
+# RBAC (rbac.py) to what it needs and nothing more.
+COREDNS_USER = "openxpu-lab:coredns"
+KWOK_USER = "openxpu-lab:kwok"
+
+
+@dataclass(frozen=True)
+class EtcdCredentials:
+    """etcd trusts only its own CA: a client certificate of the cluster CA (which the
+    controller-manager signs CSRs with) must not open the store."""
+
+    ca: pki.CertPair
+    server: pki.CertPair
+    peer: pki.CertPair
+    # The API server's client certificate; the lab's health probe uses it too.
+    client: pki.CertPair
 
 
 @dataclass(frozen=True)
 class Credentials:
     ca: pki.CertPair
+    etcd: EtcdCredentials
     apiserver: pki.CertPair
     kubelet_client: pki.CertPair
     sa: pki.CertPair
@@ -24,6 +42,24 @@ class Credentials:
     scheduler_kubeconfig: Path
     kubelet_kubeconfig: Path
     proxy_kubeconfig: Path
+    coredns_kubeconfig: Path
+    kwok_kubeconfig: Path
+
+
+def ensure_etcd_credentials(d: Path) -> EtcdCredentials:
+    ca = pki.ensure_ca(d, "etcd-ca")
+
+    def loopback_server(name: str) -> pki.CertPair:
+        return pki.ensure_cert(
+            d, ca, name, name, server=True, dns=("localhost",), ips=("127.0.0.1",)
+        )
+
+    return EtcdCredentials(
+        ca=ca,
+        server=loopback_server("etcd-server"),
+        peer=loopback_server("etcd-peer"),
+        client=pki.ensure_cert(d, ca, "apiserver-etcd-client", "kube-apiserver-etcd-client"),
+    )
 
 
 def ensure_credentials(s: LabSettings) -> Credentials:
@@ -69,6 +105,7 @@ def ensure_credentials(s: LabSettings) -> Credentials:
     write_if_changed(s.layout.admin_kubeconfig, admin.read_text(), mode=0o600)
     return Credentials(
         ca=ca,
+        etcd=ensure_etcd_credentials(d),
         apiserver=apiserver,
         kubelet_client=kubelet_client,
         sa=sa,
@@ -79,11 +116,13 @@ def ensure_credentials(s: LabSettings) -> Credentials:
         scheduler_kubeconfig=kc("scheduler", "system:kube-scheduler"),
         kubelet_kubeconfig=kc("kubelet", f"system:node:{s.node_name}", ("system:nodes",)),
         proxy_kubeconfig=kc("kube-proxy", "system:kube-proxy"),
+        coredns_kubeconfig=kc("coredns", COREDNS_USER),
+        kwok_kubeconfig=kc("kwok", KWOK_USER),
     )
 
 
-def etcd_argv(s: LabSettings) -> list[str]:
-    peer = f"http://127.0.0.1:{s.etcd_peer_port}"
+def etcd_argv(s: LabSettings, etcd: EtcdCredentials) -> list[str]:
+    peer = s.etcd_peer_url
     return [
         "etcd",
         "--name=openxpu-lab",
@@ -94,6 +133,16 @@ def etcd_argv(s: LabSettings) -> list[str]:
         f"--initial-advertise-peer-urls={peer}",
         f"--initial-cluster=openxpu-lab={peer}",
         "--initial-cluster-state=new",
+        # Loopback is open to every local user: only holders of a certificate of the etcd
+        # CA may read or write the cluster state, on the client and the peer port alike.
+        "--client-cert-auth",
+        f"--trusted-ca-file={etcd.ca.cert}",
+        f"--cert-file={etcd.server.cert}",
+        f"--key-file={etcd.server.key}",
+        "--peer-client-cert-auth",
+        f"--peer-trusted-ca-file={etcd.ca.cert}",
+        f"--peer-cert-file={etcd.peer.cert}",
+        f"--peer-key-file={etcd.peer.key}",
         # A throwaway single-member store on loopback: keep it small and quick.
         "--quota-backend-bytes=2147483648",
         "--snapshot-count=10000",
@@ -101,11 +150,18 @@ def etcd_argv(s: LabSettings) -> list[str]:
     ]
 
 
+def etcd_healthy(s: LabSettings, etcd: EtcdCredentials) -> bool:
+    return health.http_ok(f"{s.etcd_url}/health", etcd.ca.cert, etcd.client.cert, etcd.client.key)
+
+
 def apiserver_argv(s: LabSettings, c: Credentials) -> list[str]:
     bind = paths.k8s_bin_dir()
     return [
         str(bind / "kube-apiserver"),
         f"--etcd-servers={s.etcd_url}",
+        f"--etcd-cafile={c.etcd.ca.cert}",
+        f"--etcd-certfile={c.etcd.client.cert}",
+        f"--etcd-keyfile={c.etcd.client.key}",
         f"--bind-address={s.bind_ip}",
         f"--advertise-address={s.advertise_ip}",
         f"--secure-port={s.apiserver_port}",

@@ -4,9 +4,12 @@ cluster. It runs on the host because the lab pulls no images."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from openxpu_lab import gobuild, health
+from kubernetes import client
+
+from openxpu_lab import gobuild, kube
 from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import CLUSTER_DNS_IP, CLUSTER_DOMAIN, NODE_IP, LabSettings
 from openxpu_lab.shell import LabError
@@ -15,10 +18,9 @@ HEALTH_PORT = 10253
 READY_PORT = 10252
 
 
-def corefile(s: LabSettings) -> str:
-    kubeconfig = s.layout.config / "admin.kubeconfig"
-    return f""".:53 {{
-    bind {NODE_IP}
+def corefile(s: LabSettings, kubeconfig: Path, bind: str = NODE_IP, port: int = 53) -> str:
+    return f""".:{port} {{
+    bind {bind}
     errors
     health 127.0.0.1:{HEALTH_PORT}
     ready 127.0.0.1:{READY_PORT}
@@ -34,17 +36,15 @@ def corefile(s: LabSettings) -> str:
 """
 
 
-def coredns_argv(s: LabSettings) -> list[str]:
+def coredns_argv(s: LabSettings, kubeconfig: Path) -> list[str]:
+    """CoreDNS with its own identity (rbac.py: it may only read services, endpoint slices
+    and namespaces), not the lab's admin."""
     path = s.layout.config / "Corefile"
-    write_if_changed(path, corefile(s))
+    write_if_changed(path, corefile(s, kubeconfig))
     return [str(gobuild.coredns_tool().bin_dir / "coredns"), "-conf", str(path)]
 
 
-def _api(s: LabSettings, method: str, path: str, body: Any = None) -> int:
-    return health.api_request(s.server_url, s.layout.pki, method, path, body)
-
-
-def ensure_service(s: LabSettings) -> None:
+def ensure_service(api: Any) -> None:
     """kube-system/kube-dns without a selector, its endpoint being the host process."""
     labels = {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}
     ports = [
@@ -72,18 +72,21 @@ def ensure_service(s: LabSettings) -> None:
         "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
         "ports": ports,
     }
-    objects: list[tuple[str, str, dict[str, Any]]] = [
-        ("/api/v1/namespaces/kube-system/services", "kube-dns", svc),
+    core, discovery = kube.core(api), client.DiscoveryV1Api(api)
+    ns = "kube-system"
+    objects = [
+        (core.read_namespaced_service, core.create_namespaced_service, svc),
         (
-            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
-            "kube-dns-openxpu-lab",
+            discovery.read_namespaced_endpoint_slice,
+            discovery.create_namespaced_endpoint_slice,
             slice_,
         ),
     ]
-    for path, name, obj in objects:
+    for read, create, obj in objects:
+        name = obj["metadata"]["name"]
         # Look first: re-creating the Service fails on its taken IP (422), not with 409.
-        if _api(s, "GET", f"{path}/{name}") == 200:
+        if kube.exists(read, name, ns):
             continue
-        code = _api(s, "POST", path, obj)
-        if code not in (200, 201, 409):
+        code = kube.status_of(create, ns, obj)
+        if code not in (200, 409):
             raise LabError(f"creating {obj['kind']} kube-dns for cluster DNS: HTTP {code}")

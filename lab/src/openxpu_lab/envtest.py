@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from openxpu_lab import controlplane, gobuild, health, procs
+from openxpu_lab import controlplane, gobuild, health, kube, procs
 from openxpu_lab.hostdeps import ensure_packages
 from openxpu_lab.paths import StateLayout
 from openxpu_lab.progress import Progress
@@ -57,21 +57,21 @@ def start_apiserver_only(root: Path, progress: Progress | None = None) -> ApiSer
     s.layout.ensure()
     c = controlplane.ensure_credentials(s)
     lay = s.layout
-    procs.start("etcd", controlplane.etcd_argv(s), lay.pids, lay.logs)
+    procs.start("etcd", controlplane.etcd_argv(s, c.etcd), lay.pids, lay.logs)
     health.wait_for(
         "etcd health",
-        lambda: health.http_ok(f"{s.etcd_url}/health"),
+        lambda: controlplane.etcd_healthy(s, c.etcd),
         timeout=30,
         component="etcd",
         pid_dir=lay.pids,
         log_dir=lay.logs,
     )
     procs.start("kube-apiserver", controlplane.apiserver_argv(s, c), lay.pids, lay.logs)
-    ready = f"{s.server_url}/readyz"
     client = lay.pki / "admin.crt", lay.pki / "admin.key"
+    admin = kube.api_client(c.admin_kubeconfig)
     health.wait_for(
         "API server /readyz",
-        lambda: health.http_ok(ready, c.ca.cert, *client),
+        lambda: kube.ready(admin),
         timeout=90,
         component="kube-apiserver",
         pid_dir=lay.pids,

@@ -1,15 +1,14 @@
-"""Readiness probes against the lab's TLS endpoints, using the admin client certificate."""
+"""Readiness probes of the lab's components' health endpoints (etcd with its client
+certificate); calls to the API server itself go through the Kubernetes client (kube.py)."""
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from openxpu_lab import procs
 from openxpu_lab.shell import LabError
@@ -19,27 +18,6 @@ def _ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
-
-
-def get_json(url: str, ca: Path, cert: Path, key: Path, timeout: float = 5) -> Any:
-    with urllib.request.urlopen(url, context=_ssl_context(ca, cert, key), timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def api_request(server: str, pki: Path, method: str, path: str, body: Any = None) -> int:
-    """One request to the API server as the lab's admin; returns the HTTP status."""
-    ctx = _ssl_context(pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
-    req = urllib.request.Request(
-        f"{server}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def http_ok(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openxpu_lab import gobuild, health, procs
+from openxpu_lab import gobuild, health, kube, procs
 from openxpu_lab.progress import Progress
 from openxpu_lab.settings import LabSettings
 from openxpu_lab.shell import LabError
@@ -22,7 +22,8 @@ NAME_PREFIX = "kwok-node-"
 def kwok_argv(s: LabSettings) -> list[str]:
     return [
         str(gobuild.kwok_tool().bin_dir / "kwok"),
-        f"--kubeconfig={s.layout.config / 'admin.kubeconfig'}",
+        # Its own identity, bound by rbac.py to what it does; not the lab's admin.
+        f"--kubeconfig={s.layout.config / 'kwok.kubeconfig'}",
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={ANNOTATION}=fake",
         # Pods on fake nodes get addresses from a range no real pod uses.
@@ -54,10 +55,6 @@ def node_manifest(name: str) -> dict[str, Any]:
     }
 
 
-def _request(s: LabSettings, method: str, path: str, body: Any = None) -> int:
-    return health.api_request(s.server_url, s.layout.pki, method, path, body)
-
-
 def ensure_kwok_controller(s: LabSettings, progress: Progress) -> None:
     lay = s.layout
     gobuild.ensure(gobuild.kwok_tool(), progress)
@@ -73,23 +70,24 @@ def ensure_kwok_controller(s: LabSettings, progress: Progress) -> None:
     )
 
 
-def ensure_kwok_nodes(s: LabSettings, count: int, progress: Progress) -> None:
+def ensure_kwok_nodes(s: LabSettings, api: Any, count: int, progress: Progress) -> None:
     """Run the kwok controller and make sure exactly `count` fake nodes exist."""
     ensure_kwok_controller(s, progress)
+    core = kube.core(api)
     for i in range(count):
-        code = _request(s, "POST", "/api/v1/nodes", node_manifest(f"{NAME_PREFIX}{i}"))
-        if code not in (200, 201, 409):
+        body = node_manifest(f"{NAME_PREFIX}{i}")
+        code = kube.status_of(core.create_node, body)
+        if code not in (200, 409):
             raise LabError(f"creating KWOK node {NAME_PREFIX}{i}: HTTP {code}")
     # Fewer requested than before: remove the extra ones.
-    i = count
-    while _request(s, "GET", f"/api/v1/nodes/{NAME_PREFIX}{i}") == 200:
-        _request(s, "DELETE", f"/api/v1/nodes/{NAME_PREFIX}{i}")
-        i += 1
+    delete_kwok_nodes(api, first=count)
 
 
-def delete_kwok_nodes(s: LabSettings) -> int:
-    """Fake nodes have no kubelet to come back: drop them when the lab goes down."""
-    i = 0
-    while _request(s, "DELETE", f"/api/v1/nodes/{NAME_PREFIX}{i}") == 200:
+def delete_kwok_nodes(api: Any, first: int = 0) -> int:
+    """Delete fake nodes from number `first` on; returns how many went. Fake nodes have no
+    kubelet to come back: `down` drops them all."""
+    core = kube.core(api)
+    i = first
+    while kube.status_of(core.delete_node, f"{NAME_PREFIX}{i}") == 200:
         i += 1
-    return i
+    return i - first

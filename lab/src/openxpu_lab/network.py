@@ -1,6 +1,8 @@
 """Host networking the lab owns: its bridges, two sysctls, its guard rules.
 
-Everything here is tagged or named so `down` removes exactly what `up` made.
+Everything here is tagged or named so `down` removes exactly what `up` made; of the chains
+kube-proxy, the kubelet and CNI make, `down` removes those that were not on the host before
+the lab came up and that carry a name or tag of the lab's components.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 import shlex
 from pathlib import Path
 
-from openxpu_lab.settings import BRIDGE, HOST_LINK, NODE_IP
+from openxpu_lab.settings import APISERVER_PORT, BRIDGE, CNI_NETWORK, HOST_LINK, NODE_IP
 from openxpu_lab.shell import ok, run
 
 _COMMENT = "openxpu-lab"
@@ -39,7 +41,25 @@ _INPUT_RULES = [
     ["-i", "lo", "-j", "RETURN"],
     ["-i", BRIDGE, "-j", "RETURN"],
     ["-d", f"{NODE_IP}/32", "-j", "DROP"],
-    ["-p", "tcp", "--dport", "6443", "-j", "DROP"],
+    ["-p", "tcp", "--dport", str(APISERVER_PORT), "-j", "DROP"],
+]
+# kube-apiserver binds the node address alone; host clients dial loopback (settings.py).
+_LOOPBACK_DNAT = [
+    "OUTPUT",
+    "-d",
+    "127.0.0.1/32",
+    "-p",
+    "tcp",
+    "--dport",
+    str(APISERVER_PORT),
+    "-m",
+    "comment",
+    "--comment",
+    _COMMENT,
+    "-j",
+    "DNAT",
+    "--to-destination",
+    f"{NODE_IP}:{APISERVER_PORT}",
 ]
 _SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
 
@@ -96,56 +116,125 @@ def setup(state_root: Path) -> None:
             run(["iptables", "-A", _INPUT_CHAIN, *rule])
     if not ok(["iptables", "-C", *_INPUT_JUMP]):
         run(["iptables", "-I", *_INPUT_JUMP])
+    if not ok(["iptables", "-t", "nat", "-C", *_LOOPBACK_DNAT]):
+        run(["iptables", "-t", "nat", "-I", *_LOOPBACK_DNAT])
 
 
 _TOOLS = ("iptables", "ip6tables")  # kube-proxy and the kubelet program both families
-_PREFIXES = ("KUBE-", "CNI-")
+_TABLES = ("filter", "nat", "mangle")
+
+# Chains the lab's kubelet and kube-proxy make: fixed names and per-service/endpoint hashes.
+_KUBE_CHAINS = frozenset(
+    {
+        "KUBE-SERVICES",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+        "KUBE-MARK-DROP",
+        "KUBE-FORWARD",
+        "KUBE-PROXY-FIREWALL",
+        "KUBE-FIREWALL",
+        "KUBE-PROXY-CANARY",
+        "KUBE-KUBELET-CANARY",
+        "KUBE-IPTABLES-HINT",
+    }
+)
+_KUBE_HASHED = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+# portmap's entry chains, shared by every CNI network on the host that maps host ports.
+_PORTMAP_SHARED = "CNI-HOSTPORT-"
 
 
-def _chains(tool: str, table: str) -> list[str]:
+def _rules(tool: str, table: str) -> list[list[str]]:
     out = run([tool, "-t", table, "-S"], check=False).stdout
+    return [shlex.split(line) for line in out.splitlines()]
+
+
+def _chain_names(rules: list[list[str]]) -> list[str]:
+    return [r[1] for r in rules if r[:1] == ["-N"]]
+
+
+def chain_ids() -> list[str]:
+    """Every KUBE-*/CNI-* chain on the host as "tool table chain"."""
     return [
-        line.split()[1]
-        for line in out.splitlines()
-        if line.startswith("-N ") and line.split()[1].startswith(_PREFIXES)
+        f"{tool} {table} {chain}"
+        for tool in _TOOLS
+        for table in _TABLES
+        for chain in _chain_names(_rules(tool, table))
+        if chain.startswith(("KUBE-", "CNI-"))
     ]
 
 
-def _remove_chains(tool: str, table: str) -> int:
-    chains = _chains(tool, table)
-    if not chains:
-        return 0
-    # Jumps from the built-in chains first, then flush, then delete.
-    for rule in run([tool, "-t", table, "-S"], check=False).stdout.splitlines():
-        parts = shlex.split(rule)
-        if (
-            parts[:1] == ["-A"]
-            and "-j" in parts
-            and parts[1] not in chains
-            and parts[parts.index("-j") + 1] in chains
-        ):
-            run([tool, "-t", table, "-D", *parts[1:]], check=False)
-    for ch in chains:
+def _made_by_lab(chain: str, rules: list[list[str]]) -> bool:
+    """A chain of the lab's kube-proxy or kubelet by name, or a CNI chain whose rules carry
+    the lab's network name (the bridge and portmap plugins tag every rule with it)."""
+    if chain in _KUBE_CHAINS or chain.startswith(_KUBE_HASHED):
+        return True
+    if chain.startswith(_PORTMAP_SHARED):
+        return True
+    if chain.startswith("CNI-"):
+        return any(r[1:2] == [chain] and f'"{CNI_NETWORK}"' in " ".join(r) for r in rules)
+    return False
+
+
+def _lab_chains(
+    tool: str, table: str, foreign: frozenset[str]
+) -> tuple[list[str], list[list[str]]]:
+    rules = _rules(tool, table)
+    ours = [
+        c
+        for c in _chain_names(rules)
+        if f"{tool} {table} {c}" not in foreign and _made_by_lab(c, rules)
+    ]
+    return ours, rules
+
+
+def _jump_target(rule: list[str]) -> str | None:
+    return rule[rule.index("-j") + 1] if "-j" in rule[:-1] else None
+
+
+def _remove_chains(tool: str, table: str, foreign: frozenset[str]) -> int:
+    ours, rules = _lab_chains(tool, table, foreign)
+    own = [c for c in ours if not c.startswith(_PORTMAP_SHARED)]
+    shared = [c for c in ours if c.startswith(_PORTMAP_SHARED)]
+    # Jumps into our chains from chains that stay, then flush, then delete.
+    for rule in rules:
+        if rule[:1] == ["-A"] and rule[1] not in own and _jump_target(rule) in own:
+            run([tool, "-t", table, "-D", *rule[1:]], check=False)
+    for ch in own:
         run([tool, "-t", table, "-F", ch], check=False)
-    for ch in chains:
+    for ch in own:
         run([tool, "-t", table, "-X", ch], check=False)
-    return len(chains)
+    removed = len(own)
+    # portmap's shared chains go only once nothing but jumps to them is left.
+    rules = _rules(tool, table)
+    for ch in shared:
+        if any(r[:2] == ["-A", ch] for r in rules):
+            continue
+        for rule in rules:
+            if rule[:1] == ["-A"] and _jump_target(rule) == ch:
+                run([tool, "-t", table, "-D", *rule[1:]], check=False)
+        run([tool, "-t", table, "-X", ch], check=False)
+        removed += 1
+    return removed
 
 
-def teardown(state_root: Path) -> list[str]:
-    """Undo setup plus the chains kube-proxy, the kubelet and CNI made. Returns what it did."""
+def teardown(state_root: Path, foreign_chains: frozenset[str]) -> list[str]:
+    """Undo setup plus the chains the lab's kube-proxy, kubelet and CNI made, leaving every
+    chain in `foreign_chains` (there before the lab came up) alone. Returns what it did."""
     done: list[str] = []
-    while ok(["iptables", "-D", *_GUARD]):
-        done.append("iptables guard rule")
-    while ok(["iptables", "-D", *_INPUT_JUMP]):
-        done.append("iptables INPUT guard")
+    for rule in (_GUARD, _INPUT_JUMP):
+        while ok(["iptables", "-D", *rule]):
+            done.append(f"iptables rule {' '.join(rule[:1])} (openxpu-lab)")
+    while ok(["iptables", "-t", "nat", "-D", *_LOOPBACK_DNAT]):
+        done.append("iptables nat rule OUTPUT (openxpu-lab)")
     if ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
         run(["iptables", "-F", _INPUT_CHAIN], check=False)
         run(["iptables", "-X", _INPUT_CHAIN], check=False)
         done.append(f"iptables chain {_INPUT_CHAIN}")
     for tool in _TOOLS:
-        for table in ("filter", "nat", "mangle"):
-            n = _remove_chains(tool, table)
+        for table in _TABLES:
+            n = _remove_chains(tool, table, foreign_chains)
             if n:
                 done.append(f"{tool} {table}: {n} chains")
     for link in (BRIDGE, HOST_LINK):
@@ -165,15 +254,17 @@ def lab_links() -> list[str]:
     return found
 
 
-def lab_iptables() -> list[str]:
+def lab_iptables(foreign_chains: frozenset[str]) -> list[str]:
     found = [
-        f"{tool} {t} chain {c}"
+        f"{tool} {table} chain {c}"
         for tool in _TOOLS
-        for t in ("filter", "nat", "mangle")
-        for c in _chains(tool, t)
+        for table in _TABLES
+        for c in _lab_chains(tool, table, foreign_chains)[0]
     ]
     if ok(["iptables", "-C", *_GUARD]):
         found.append("filter FORWARD guard rule")
+    if ok(["iptables", "-t", "nat", "-C", *_LOOPBACK_DNAT]):
+        found.append("nat OUTPUT loopback rule")
     if ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
         found.append(f"filter chain {_INPUT_CHAIN}")
     return found

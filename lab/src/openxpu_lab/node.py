@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from openxpu_lab import paths
+from openxpu_lab.cleanup import CGROUP_ROOT
 from openxpu_lab.controlplane import Credentials
 from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import (
@@ -13,6 +14,7 @@ from openxpu_lab.settings import (
     CLUSTER_DNS_IP,
     CLUSTER_DOMAIN,
     CNI_NETWORK,
+    DEFAULT_KUBELET_ROOT,
     NODE_IP,
     POD_CIDR,
     POD_GATEWAY,
@@ -108,6 +110,9 @@ def kubelet_config(s: LabSettings, c: Credentials) -> str:
         "authorization": {"mode": "Webhook"},
         # cgroup v1 host without systemd as pid 1: cgroupfs is the only driver that works.
         "cgroupDriver": "cgroupfs",
+        # Pods under the lab's own cgroup root: `down` may kill what is there and nothing
+        # in another kubelet's /kubepods.
+        "cgroupRoot": f"/{CGROUP_ROOT}",
         "containerRuntimeEndpoint": f"unix://{s.layout.containerd_socket}",
         "clusterDomain": CLUSTER_DOMAIN,
         "clusterDNS": [CLUSTER_DNS_IP],
@@ -149,6 +154,55 @@ def kube_proxy_config(s: LabSettings, c: Credentials) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
+def _kubelet_root_dir(pid: int) -> Path | None:
+    """The --root-dir of a running kubelet process, None if `pid` is no kubelet."""
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "kubelet":
+            return None
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if not cmdline:
+        return None  # a zombie (a stopped kubelet nobody has reaped yet) uses nothing
+    argv = cmdline.decode(errors="replace").split("\0")
+    root = str(DEFAULT_KUBELET_ROOT)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--root-dir="):
+            root = arg.split("=", 1)[1]
+        elif arg == "--root-dir" and i + 1 < len(argv):
+            root = argv[i + 1]
+    return Path(root)
+
+
+def kubelet_root_owned_by_lab(s: LabSettings) -> bool:
+    marker = s.kubelet_root / KUBELET_ROOT_MARKER
+    try:
+        return marker.read_text().strip() == str(s.layout.root)
+    except OSError:
+        return False
+
+
+def foreign_kubelet_root(s: LabSettings, lab_kubelet_pid: int | None) -> str | None:
+    """Why the kubelet root belongs to someone else, or None when the lab may use it."""
+    root = s.kubelet_root
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == lab_kubelet_pid:
+            continue
+        other = _kubelet_root_dir(int(proc.name))
+        if other is not None and other.resolve() == root.resolve():
+            return f"a kubelet that is not the lab's (pid {proc.name}) runs on {root}"
+    marker = root / KUBELET_ROOT_MARKER
+    if marker.exists():
+        owner = marker.read_text().strip()
+        # An empty marker was written by an older lab, which claimed it the same way.
+        if owner and owner != str(s.layout.root):
+            return f"{root} belongs to the lab with state dir {owner}"
+        return None
+    if root.is_dir() and any(root.iterdir()):
+        return f"{root} holds another kubelet's files (no {KUBELET_ROOT_MARKER} marker)"
+    return None
+
+
 def write_node_configs(s: LabSettings, c: Credentials) -> None:
     lay = s.layout
     for d in (
@@ -159,8 +213,9 @@ def write_node_configs(s: LabSettings, c: Credentials) -> None:
         s.kubelet_root,
     ):
         d.mkdir(parents=True, exist_ok=True)
-    # Marks the kubelet root as the lab's, so `down --purge` may delete it.
-    (s.kubelet_root / KUBELET_ROOT_MARKER).touch()
+    # Marks the kubelet root as this lab's, so `down` may unmount under it and `--purge`
+    # delete it; another lab or kubelet finds it taken.
+    write_if_changed(s.kubelet_root / KUBELET_ROOT_MARKER, f"{lay.root}\n")
     write_if_changed(lay.containerd_config, containerd_config(s))
     write_if_changed(lay.cni_conf_dir / f"10-{CNI_NETWORK}.conflist", cni_config(s))
     write_if_changed(lay.config / "kubelet.json", kubelet_config(s, c))

@@ -107,19 +107,33 @@ class StateLayout:
         """JSON summary written by `up` (addresses, node name) for `status` and tests."""
         return self.root / "lab.json"
 
+    @property
+    def host_claims(self) -> Path:
+        """What `up` made outside the state dir (links, chains, cgroups, the kubelet root),
+        so that `down` removes exactly that and nothing another cluster owns."""
+        return self.root / "host.json"
+
     def ensure(self) -> None:
+        # Private from the moment they exist: the state dir holds keys and kubeconfigs.
         for d in (self.root, self.pki, self.logs, self.pids, self.config):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root.chmod(0o700)
 
 
-def write_if_changed(path: Path, text: str, mode: int | None = None) -> bool:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write through a fresh temporary file created with `mode` (never wider, whatever the
+    umask): a private key is never readable by others, not even for a moment."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
+
+
+def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
     """Rewrite only on change: kube-proxy (and others) watch their files and exit on writes."""
     if path.exists() and path.read_text() == text:
         return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    if mode is not None:
-        tmp.chmod(mode)
-    tmp.replace(path)
+    write_atomic(path, text.encode(), mode)
     return True

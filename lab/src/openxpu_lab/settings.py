@@ -24,6 +24,10 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 CLUSTER_DNS_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 CNI_NETWORK = "openxpu-lab"
+APISERVER_PORT = 6443
+# The standard place, not the state dir: device plugins (kubelet.sock), the exporter
+# (pod-resources socket) and every chart's hostPath mounts expect the kubelet there.
+DEFAULT_KUBELET_ROOT = Path("/var/lib/kubelet")
 
 
 def default_node_name() -> str:
@@ -35,18 +39,18 @@ def default_node_name() -> str:
 class LabSettings:
     layout: StateLayout
     node_name: str
-    # The API server listens on every address but clients on the host (kubeconfigs, the
-    # kubelet) use loopback: when the lab is down, nothing may go looking for NODE_IP, which
-    # is then routed off the machine. Pods reach it through the kubernetes Service.
-    bind_ip: str = "0.0.0.0"
+    # The API server listens on the node address only (pods reach it there through the
+    # kubernetes Service). kube-apiserver takes a single --bind-address, so clients on the
+    # host keep dialling loopback and a tagged NAT rule of the lab (network.py) hands
+    # 127.0.0.1:6443 to NODE_IP:6443: when the lab is down nothing goes looking for NODE_IP,
+    # which is then routed off the machine.
+    bind_ip: str = NODE_IP
     advertise_ip: str = NODE_IP
-    apiserver_port: int = 6443
+    apiserver_port: int = APISERVER_PORT
     etcd_client_port: int = 12379
     etcd_peer_port: int = 12380
     apiserver_only: bool = False
-    # The standard place, not the state dir: device plugins (kubelet.sock), the exporter
-    # (pod-resources socket) and every chart's hostPath mounts expect the kubelet there.
-    kubelet_root: Path = Path("/var/lib/kubelet")
+    kubelet_root: Path = DEFAULT_KUBELET_ROOT
 
     @property
     def server_url(self) -> str:
@@ -54,7 +58,11 @@ class LabSettings:
 
     @property
     def etcd_url(self) -> str:
-        return f"http://127.0.0.1:{self.etcd_client_port}"
+        return f"https://127.0.0.1:{self.etcd_client_port}"
+
+    @property
+    def etcd_peer_url(self) -> str:
+        return f"https://127.0.0.1:{self.etcd_peer_port}"
 
     @staticmethod
     def for_state(root: Path, node_name: str | None = None) -> LabSettings:
