@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -108,8 +109,13 @@ class Series(NamedTuple):
 
 
 def parse(text: str) -> list[Series]:
+    # prometheus-client's parser appends _total to every counter sample that lacks it;
+    # Prometheus keeps the name as written, which for the DCGM counters has no _total.
+    written = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE))
     return [
-        Series(s.name, dict(s.labels), s.value)
+        Series(
+            s.name if s.name in written else s.name.removesuffix("_total"), dict(s.labels), s.value
+        )
         for family in text_string_to_metric_families(text)
         for s in family.samples
     ]

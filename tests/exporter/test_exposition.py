@@ -1,7 +1,9 @@
-"""The fast text encoder writes exactly what prometheus-client's generate_latest writes."""
+"""The fast text encoder writes exactly what prometheus-client's generate_latest writes, but
+for the DCGM names' two dcgm-exporter shapes (exposition.py's docstring)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -55,6 +57,21 @@ def test_serves_text_whenever_the_client_takes_it(accept: str | None, text: bool
     assert serves_text(accept) is text
 
 
+def as_prometheus_client_writes(body: bytes) -> bytes:
+    """The fast encoder's text with its two deliberate differences undone: DCGM int values
+    as prometheus-client prints every value (`67.0`), and the DCGM counters' TYPE as the
+    `untyped` prometheus-client's encoders get for them (collector.Dense.metric)."""
+    lines = []
+    for line in body.decode().splitlines(keepends=True):
+        if line.startswith("DCGM_"):
+            series, _, value = line[:-1].rpartition(" ")
+            line = f"{series} {floatToGoString(float(value))}\n"
+        elif line.startswith("# TYPE DCGM_") and line.endswith(" counter\n"):
+            line = line.removesuffix("counter\n") + "untyped\n"
+        lines.append(line)
+    return "".join(lines).encode()
+
+
 @pytest.mark.integration
 async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_exporter: Any) -> None:
     exporter = await make_exporter(
@@ -89,10 +106,14 @@ async def test_same_bytes_as_generate_latest(manual_xpud: XpudProcess, make_expo
         )
 
     for _ in range(3):  # cold, then cached label strings
-        assert steady(encoder.encode(collectors)) == steady(generate_latest(registry))
+        fast = encoder.encode(collectors)
+        # The differences are there (and undone below), not the same bytes by accident.
+        assert b"\n# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n" in fast
+        assert re.search(rb"\nDCGM_FI_DEV_GPU_TEMP\{[^\n]*\} \d+\n", fast)
+        assert steady(as_prometheus_client_writes(fast)) == steady(generate_latest(registry))
     # A changed attribution renders the new labels, not stale cached strings.
     exporter.state.attribution = {uuids[1]: (PodRef("other", "ns", "c"),)}
     exporter.state.attribution_version += 1
     fast = encoder.encode(collectors)
-    assert steady(fast) == steady(generate_latest(registry))
+    assert steady(as_prometheus_client_writes(fast)) == steady(generate_latest(registry))
     assert b'pod="other"' in fast and b"p2" not in fast

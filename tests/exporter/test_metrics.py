@@ -107,19 +107,24 @@ async def test_values_match_xpu_smi_under_load(
         assert labels == {"xpu": str(d.index), "uuid": d.uuid, "model": "OpenXPU X1 64GB",
                           "hostname": "node-a"}  # fmt: skip
         # The same readings in dcgm-exporter's units.
-        assert dcgm("DCGM_FI_DEV_FB_USED") == d.memory_used_bytes / MIB
-        assert dcgm("DCGM_FI_DEV_FB_FREE") == d.memory_free_bytes / MIB
+        # MiB as DCGM computes it; the integer fields parse as ints (no decimal point).
+        assert dcgm("DCGM_FI_DEV_FB_USED") == d.memory_used_bytes // MIB
+        assert dcgm("DCGM_FI_DEV_FB_FREE") == d.memory_free_bytes // MIB
+        assert dcgm("DCGM_FI_DEV_FB_TOTAL") == d.memory_total_bytes // MIB
         assert dcgm("DCGM_FI_DEV_GPU_UTIL") == pytest.approx(d.utilization_ratio * 100, abs=10)
+        for name in ("FB_USED", "GPU_UTIL", "GPU_TEMP", "SM_CLOCK", "TOTAL_ENERGY_CONSUMPTION"):
+            assert type(dcgm(f"DCGM_FI_DEV_{name}")) is int, name
         assert dcgm("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE") == pytest.approx(
             d.matrix_utilization_ratio, abs=0.1
         )
         assert dcgm("DCGM_FI_DEV_POWER_USAGE") == pytest.approx(d.power_watts, rel=0.1)
         assert dcgm("DCGM_FI_DEV_GPU_TEMP") == pytest.approx(d.temperature_celsius, abs=1.5)
-        assert dcgm("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION") == native(energy) * 1000
+        assert dcgm("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION") == int(native(energy) * 1000 + 0.5)
         assert dcgm("DCGM_FI_DEV_SM_CLOCK") == pytest.approx(d.clock_mhz, rel=0.01)
         assert dcgm("DCGM_FI_DEV_MEM_CLOCK") == d.memory_clock_mhz
         assert one(series, "DCGM_FI_DEV_SM_CLOCK", UUID=d.uuid).labels | {} == {
             "gpu": str(d.index), "UUID": d.uuid, "device": f"xpu{d.index}",
+            "pci_bus_id": f"00000000:01:{d.index:02X}.0",
             "modelName": "OpenXPU X1 64GB", "Hostname": "node-a",
             "DCGM_FI_DRIVER_VERSION": smi.driver_version,
         }  # fmt: skip
@@ -161,7 +166,13 @@ async def test_faults_show_up(manual_xpud: XpudProcess, make_exporter: Any) -> N
     assert (fault.labels["code"], fault.labels["severity"]) == ("48", "unhealthy")
     assert one(series, "openxpu_clock_throttle_active", uuid=uuids[1],
                reason="hw_thermal_slowdown").value == 1  # fmt: skip
-    assert one(series, "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", UUID=uuids[1]).value != 0
+    # Both names of the throttle bitmask: HwThermalSlowdown (0x40) is set.
+    for name in ("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"):
+        assert int(one(series, name, UUID=uuids[1]).value) & 0x40, name
+    xid = one(series, "DCGM_FI_DEV_XID_ERRORS", UUID=uuids[0]).labels
+    assert (xid["err_code"], xid["err_msg"]) == ("48", "Double Bit ECC Error")
+    quiet = one(series, "DCGM_FI_DEV_XID_ERRORS", UUID=uuids[3])
+    assert (quiet.value, quiet.labels["err_code"], quiet.labels["err_msg"]) == (0, "0", "No Error")
     assert one(series, "openxpu_errors_total", uuid=uuids[2], code="63").value == 2
     assert one(series, "openxpu_ecc_corrected_errors_total", uuid=uuids[2]).value == 2
     assert one(series, "openxpu_health_state", uuid=uuids[2], state="Healthy").value == 1

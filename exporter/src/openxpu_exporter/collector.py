@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from prometheus_client.metrics_core import Metric
@@ -169,6 +169,16 @@ class DeviceLabels:
     dcgm: list[Labels]
     health: dict[str, list[Labels]]  # state -> one label set per holder
     throttle: dict[str, list[Labels]]  # reason -> one label set per holder
+    # last XID -> the dcgm label sets with err_code/err_msg; held so that their ids, which
+    # render_text's cache is keyed by, stay theirs.
+    xid: dict[int, list[Labels]] = field(default_factory=dict)
+
+    def with_xid(self, code: int) -> list[Labels]:
+        lbls = self.xid.get(code)
+        if lbls is None:
+            extra = compat.xid_labels(code)
+            lbls = self.xid[code] = [lbl | extra for lbl in self.dcgm]
+        return lbls
 
 
 class Dense(NamedTuple):
@@ -178,11 +188,15 @@ class Dense(NamedTuple):
     name: str
     help: str
     kind: str
-    sample: str
-    groups: list[tuple[list[Labels], float]]
+    sample: str  # also the name on the TYPE line: NAME_total, or a DCGM counter's own name
+    groups: list[tuple[list[Labels], int | float]]
 
     def metric(self) -> Metric:
-        m = Metric(self.name, self.help, self.kind)
+        # OpenMetrics requires a counter's samples to end in _total, which DCGM names lack:
+        # for prometheus-client's encoders (the OpenMetrics fallback) such a counter is
+        # "unknown". PromQL treats the two alike.
+        kind = "unknown" if self.kind == "counter" and self.sample == self.name else self.kind
+        m = Metric(self.name, self.help, kind)
         sample = self.sample
         m.samples = [Sample(sample, lbl, value) for lbls, value in self.groups for lbl in lbls]
         return m
@@ -262,7 +276,7 @@ class XpuCollector(Collector):
             if not isinstance(family, Dense):
                 out.family(family)
                 continue
-            out.header(family.name, family.kind, family.help)
+            out.header(family.sample, family.kind, family.help)
             sample = family.sample
             lines = out.lines
             for lbls, value in family.groups:
@@ -292,7 +306,12 @@ class XpuCollector(Collector):
         yield from self._labelled_metrics(telemetry, labels)
 
         for f in self._dcgm:
-            groups = [(labels[d.uuid].dcgm, v) for d in devices if (v := f.value(d)) is not None]
+            xid = f.name == "DCGM_FI_DEV_XID_ERRORS"
+            groups = [
+                (labels[d.uuid].with_xid(d.last_error_code) if xid else labels[d.uuid].dcgm, v)
+                for d in devices
+                if (v := f.value(d)) is not None
+            ]
             yield Dense(f.name, f.help, f.kind, f.name, groups)
 
     def _labelled_metrics(

@@ -4,7 +4,10 @@ prometheus-client's `generate_latest` spends ~80% of a large scrape re-validatin
 escaping the same label names and values on every sample (7 µs a sample here). The
 collector hands out the same label dicts scrape after scrape, so this encoder renders each
 dict's `{…}` once and reuses it while the dict is in use. Output is checked against
-`generate_latest` in tests.
+`generate_latest` in tests. Two differences are deliberate, both for the DCGM names, as
+dcgm-exporter writes them: an int value prints without a decimal point (`67`, where
+prometheus-client prints every value as a float, `67.0`), and a counter whose samples lack
+_total keeps its own name on the TYPE line (prometheus-client would add _total there).
 
 `serves_text` picks this format whenever the client accepts it, even where it prefers
 OpenMetrics (Prometheus does, at q=1 over q=0.5): the Go exporters answer Prometheus the
@@ -118,7 +121,9 @@ class TextEncoder:
         self._used, self._values, self.lines = {}, {}, []
         return body.encode()
 
-    def value(self, v: float) -> str:
+    def value(self, v: int | float) -> str:
+        if v.__class__ is int:  # a DCGM integer field: printed as dcgm-exporter prints it
+            return str(v)
         if not v:  # 0/1 states make zero the commonest value of all
             return "-0.0" if math.copysign(1.0, v) < 0 else "0.0"
         text = self._values.get(v)
@@ -127,17 +132,16 @@ class TextEncoder:
         return text
 
     def header(self, name: str, kind: str, doc: str) -> None:
-        if kind == "counter":
-            name += "_total"
-        elif kind == "info":
-            name += "_info"
+        """HELP and TYPE lines naming `name` as given (the 0.0.4 format lets a counter's name
+        lack _total, as dcgm-exporter's DCGM counters do)."""
         kind = _TYPES.get(kind, kind)
         self.lines.append(f"# HELP {name} {_escape_help(doc)}\n# TYPE {name} {kind}\n")
 
     def family(self, metric: Metric) -> None:
         # The loop below runs once per sample: lookups are inlined.
         cache, used, value, append = self._cache, self._used, self.value, self.lines.append
-        self.header(metric.name, metric.type, metric.documentation)
+        type_suffix = {"counter": "_total", "info": "_info"}.get(metric.type, "")
+        self.header(metric.name + type_suffix, metric.type, metric.documentation)
         late_names = {metric.name + suffix: suffix for suffix in _OM_SUFFIXES}
         late: dict[str, list[str]] = {}
         for s in metric.samples:
