@@ -161,6 +161,19 @@ def test_dashboard_and_alerts_against_prometheus(stack: Any) -> None:
         "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE > 0",
     ):
         assert prom.query(expr), expr
+    # Rules written for DCGM evaluate as on NVIDIA: an idle device's utilization is exactly
+    # 0 (devices 6 and 7 have had no work), a given XID selects by its err_code label.
+    idle = {r["metric"]["gpu"] for r in prom.query("DCGM_FI_DEV_GPU_UTIL == 0")}
+    assert {"6", "7"} <= idle and "5" not in idle
+    xid = prom.query('DCGM_FI_DEV_XID_ERRORS{err_code="48"}')
+    assert [(r["metric"]["gpu"], r["metric"]["pci_bus_id"], r["value"][1]) for r in xid] == [
+        ("0", "00000000:01:00.0", "48")
+    ]
+    # dcgm-exporter's types, as Prometheus read them from the TYPE lines.
+    metadata = prom.api("metadata")
+    assert metadata["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"][0]["type"] == "counter"
+    assert metadata["DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"][0]["type"] == "counter"
+    assert metadata["DCGM_FI_DEV_GPU_UTIL"][0]["type"] == "gauge"
 
 
 def test_a_pod_leaving_a_device_is_no_new_error(stack: Any) -> None:
