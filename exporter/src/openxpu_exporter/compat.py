@@ -91,7 +91,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "GPU utilization (in %).",
         lambda d: nvml_round(d.utilization_ratio * 100.0),
-        native="`openxpu_utilization_ratio * 100`",
+        native="`round(openxpu_utilization_ratio * 100)`",
         unit="%",
     ),
     DcgmField(
@@ -115,7 +115,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "Framebuffer memory used (in MiB).",
         lambda d: d.memory_used_bytes // MIB,
-        native="`openxpu_memory_used_bytes / 2^20`",
+        native="`floor(openxpu_memory_used_bytes / 2^20)`",
         unit="MiB",
     ),
     DcgmField(
@@ -123,7 +123,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "Framebuffer memory free (in MiB).",
         lambda d: d.memory_free_bytes // MIB,
-        native="`openxpu_memory_free_bytes / 2^20`",
+        native="`floor(openxpu_memory_free_bytes / 2^20)`",
         unit="MiB",
     ),
     DcgmField(
@@ -131,7 +131,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "Framebuffer memory total (in MiB).",
         lambda d: d.memory_total_bytes // MIB,
-        native="`openxpu_memory_total_bytes / 2^20`",
+        native="`floor(openxpu_memory_total_bytes / 2^20)`",
         unit="MiB",
     ),
     DcgmField(
@@ -139,7 +139,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "GPU temperature (in C).",
         lambda d: _rounded(d.temperature_celsius),
-        native="`openxpu_temperature_celsius`",
+        native="`round(openxpu_temperature_celsius)`",
         unit="°C",
     ),
     DcgmField(
@@ -163,7 +163,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "counter",
         "Total energy consumption since boot (in mJ).",
         lambda d: nvml_round(d.energy_joules * 1000.0),
-        native="`openxpu_energy_joules_total * 1000`",
+        native="`round(openxpu_energy_joules_total * 1000)`",
         unit="mJ",
     ),
     DcgmField(
@@ -171,7 +171,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "SM clock frequency (in MHz).",
         lambda d: nvml_round(d.clock_mhz),
-        native="`openxpu_clock_hertz / 1e6`",
+        native="`round(openxpu_clock_hertz / 1e6)`",
         unit="MHz",
     ),
     DcgmField(
@@ -202,7 +202,7 @@ FIELDS: tuple[DcgmField, ...] = (
         "gauge",
         "Value of the last XID error encountered.",
         lambda d: d.last_error_code,
-        native="`openxpu_last_error_code`",
+        native="`openxpu_last_error_code`; labels `err_code`, `err_msg`",
         unit="code",
     ),
     DcgmField(
