@@ -256,6 +256,11 @@ def test_operator_deployment_runs_the_operator_with_its_health_endpoint() -> Non
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
 
 
+@pytest.mark.parametrize(("args", "replicas"), [((), 1), (("--set=operator.replicas=0",), 0)])
+def test_operator_replicas_zero_stops_the_operator(args: tuple[str, ...], replicas: int) -> None:
+    assert one(render(*args), "Deployment")["spec"]["replicas"] == replicas
+
+
 # -- monitoring -----------------------------------------------------------------------------
 
 
