@@ -242,7 +242,16 @@ def test_helm_upgrade_carries_a_crd_change_through_the_pre_upgrade_hook(
     crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
     assert "newSetting" not in _crd_driver_fields(installed)
 
-    helm("upgrade", "openxpu", str(chart), "-n", NS, "--no-hooks", kubeconfig=installed.kubeconfig)
+    helm(
+        "upgrade",
+        "openxpu",
+        str(chart),
+        "-n",
+        NS,
+        "--no-hooks",
+        "--reuse-values",
+        kubeconfig=installed.kubeconfig,
+    )
     # Helm never upgrades crds/: without the hook the new field would be pruned.
     assert "newSetting" not in _crd_driver_fields(installed)
 
