@@ -111,15 +111,23 @@ OPERATOR_DEPLOYMENT: dict[str, Any] = {
 CHART_VALUES: dict[str, Any] = {
     "nameOverride": {**_STRING, "description": "Replaces the chart name in object names."},
     "fullnameOverride": {**_STRING, "description": "Replaces <release>-<chart> in object names."},
-    "global": _obj(
-        {
-            "imageRegistry": {
-                **_STRING,
-                "description": "Registry prefix of every image (a mirror).",
-            },
-            "imagePullSecrets": {"type": "array", "items": _STRING, "description": "Secret names."},
-        }
-    ),
+    # Open: as a subchart, `global` also carries the parent's and its siblings' keys.
+    "global": {
+        **_obj(
+            {
+                "imageRegistry": {
+                    **_STRING,
+                    "description": "Registry prefix of every image (a mirror).",
+                },
+                "imagePullSecrets": {
+                    "type": "array",
+                    "items": _STRING,
+                    "description": "Secret names.",
+                },
+            }
+        ),
+        "additionalProperties": True,
+    },
     "images": _obj(
         {
             "openxpu": _obj(

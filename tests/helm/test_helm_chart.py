@@ -180,6 +180,12 @@ def test_schema_refuses_bad_values_naming_the_field(bad: tuple[str, list[str], l
         assert fragment in out.stderr, f"{fragment!r} not named in: {out.stderr}"
 
 
+def test_schema_leaves_global_open_for_a_parent_chart() -> None:
+    template("--set=global.storageClass=fast")  # a parent chart's global: not ours to refuse
+    out = template("--set=global.imageRegistry[0]=x", check=False)
+    assert out.returncode != 0 and "/global/imageRegistry" in out.stderr, out.stderr
+
+
 def test_schema_refuses_a_bad_values_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("driver:\n  image: 42\nexporter:\n  refreshInterval: [1s]\n")
