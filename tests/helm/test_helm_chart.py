@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +267,29 @@ def test_operator_deployment_runs_the_operator_with_its_health_endpoint() -> Non
 @pytest.mark.parametrize(("args", "replicas"), [((), 1), (("--set=operator.replicas=0",), 0)])
 def test_operator_replicas_zero_stops_the_operator(args: tuple[str, ...], replicas: int) -> None:
     assert one(render(*args), "Deployment")["spec"]["replicas"] == replicas
+
+
+def _operator_cli_help(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "openxpu_operator.cli", *args, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout
+
+
+@pytest.mark.skipif(
+    " run " not in _operator_cli_help(), reason="the operator has no `run` command yet"
+)
+def test_operator_args_are_flags_the_operator_takes() -> None:
+    container = one(render("--set=operator.verbose=true"), "Deployment")["spec"]["template"]
+    args = container["spec"]["containers"][0]["args"]
+    assert args[0] == "run"
+    known = _operator_cli_help("run")
+    for arg in args[1:]:
+        flag = arg.split("=", 1)[0]
+        assert re.search(rf"(^|\s){re.escape(flag)}\b", known), f"{flag} not in `run --help`"
 
 
 # -- monitoring -----------------------------------------------------------------------------
