@@ -175,6 +175,25 @@ def test_every_rendered_object_passes_a_server_side_dry_run(
     assert out.returncode == 0, out.stderr
 
 
+def test_a_value_only_the_crds_cel_rules_refuse_fails_at_admission_naming_it(
+    installed: ApiServer,
+) -> None:
+    """The schema cannot say "a duration of at most 5m"; the CRD's CEL rule can, and the
+    API server refuses the policy Helm would apply."""
+    docs = render("--set=exporter.refreshInterval=10m", "--show-only=templates/clusterpolicy.yaml")
+    out = kubectl(
+        installed,
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(docs),
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "spec.exporter.refreshInterval" in out.stderr, out.stderr
+
+
 def _hook_docs(component: str, *args: str, chart: Path = CHART) -> list[Doc]:
     docs = render("--show-only=templates/hooks.yaml", *args, chart=chart)
     return [
