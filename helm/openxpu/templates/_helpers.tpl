@@ -78,8 +78,9 @@ images.openxpu.registry, so one value points every image at a mirror; a digest p
 {{- ((.Values.images | default dict).openxpu | default dict).pullPolicy | default "IfNotPresent" }}
 {{- end }}
 
+{{/* `imagePullSecrets:` of a pod spec, or nothing. */}}
 {{- define "openxpu.imagePullSecrets" -}}
-{{- with (.Values.global | default dict).imagePullSecrets }}
+{{- with (.Values.global | default dict).imagePullSecrets -}}
 imagePullSecrets:
 {{- range . }}
   - name: {{ . }}
