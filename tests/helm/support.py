@@ -12,6 +12,36 @@ from .chart_gen import CHART, helm_binary
 
 Doc = dict[str, Any]
 
+DIGEST = "sha256:" + "ab" * 32
+MIRROR = "registry.local:5000"
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "defaults": (),
+    "monitoring": (
+        "--set=exporter.serviceMonitor.enabled=true",
+        "--set=exporter.serviceMonitor.additionalLabels.release=kube-prometheus-stack",
+    ),
+    "air-gapped": (
+        f"--set=global.imageRegistry={MIRROR}",
+        f"--set=images.openxpu.digest={DIGEST}",
+        "--set=global.imagePullSecrets[0]=mirror-credentials",
+    ),
+    "no-policy": ("--set=clusterPolicy.create=false",),
+    "policy-sections": (
+        "--set-string=driver.version=0.2.0",
+        "--set=driver.profile=x1-8",
+        "--set=devicePlugin.config.sharing.timeSlicing.replicas=4",
+        "--set=exporter.dcgmCompat=true",
+        "--set=cdi.enabled=false",
+        "--set=validator.workload.enabled=false",
+        "--set=daemonsets.priorityClassName=xpu-critical",
+        "--set-string=nodeSelector.openxpu\\.io/xpu\\.present=true",
+        "--set=operator.defaultRuntime=crio",
+        "--set=operator.labels.team=ml",
+    ),
+    "uninstall-deletes-crd": ("--set=crds.deleteOnUninstall=true", "--set=crds.upgrade=false"),
+}
+
 
 def helm(
     *args: str, kubeconfig: Path | None = None, check: bool = True

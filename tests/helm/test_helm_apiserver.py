@@ -30,8 +30,7 @@ from openxpu_lab.envtest import ApiServer
 from openxpu_lab.gobuild import kubectl_path
 
 from .chart_gen import CHART
-from .support import Doc, helm, is_hook, one, render
-from .test_helm_chart import VARIANTS
+from .support import VARIANTS, Doc, helm, is_hook, one, render
 
 pytestmark = [
     pytest.mark.integration,
