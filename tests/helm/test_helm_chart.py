@@ -59,6 +59,15 @@ def test_generated_chart_files_are_current() -> None:
     assert not stale, f"stale (run `uv run python -m tests.helm.chart_gen`): {stale}"
 
 
+def test_packaged_chart_renders_as_the_directory_does(tmp_path: Path) -> None:
+    """`helm package` keeps crds/, files/ and the schema (.helmignore drops none of them)."""
+    helm("package", str(chart_gen.CHART), "-d", str(tmp_path))
+    (package,) = tmp_path.glob("openxpu-*.tgz")
+    for args in (VARIANTS["defaults"], VARIANTS["monitoring"]):
+        assert template(*args, chart=package).stdout == template(*args).stdout
+    assert template("--set=driver.verison=1", chart=package, check=False).returncode != 0
+
+
 def test_crd_in_chart_is_the_operators_generated_crd() -> None:
     chart_crd = (chart_gen.CHART / "crds" / "xpuclusterpolicies.openxpu.io.yaml").read_text()
     committed = chart_gen.ROOT / "operator/deploy/crds/xpuclusterpolicies.openxpu.io.yaml"
