@@ -90,11 +90,6 @@ OPERATOR_DEPLOYMENT: dict[str, Any] = {
         "description": "How long a policy deletion waits for the per-node cleanup pods.",
     },
     "verbose": {"type": "boolean", "description": "Debug logging."},
-    "eventsNamespace": {
-        **_STRING,
-        "minLength": 1,
-        "description": "Namespace of the Events about the policy.",
-    },
     "podLabels": {**_STRING_MAP, "description": "Extra labels of the operator pod."},
     "podAnnotations": {**_STRING_MAP, "description": "Extra annotations of the operator pod."},
     "resources": {**_OPEN_OBJECT, "description": "Operator container resources."},
