@@ -15,15 +15,11 @@ RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
 
 
-def inject_fault(
-    socket: Path,
-    device: str,
-    code: int,
-    sticky: bool | None,
-    recover_after: float | None,
-    message: str,
-) -> str:
-    req = _request(
+def fault_request(
+    device: str, code: int, sticky: bool | None, recover_after: float | None, message: str
+) -> api.FaultRequest:
+    """The request, checked before any device is looked up: a bad one is refused at once."""
+    return _request(
         api.FaultRequest,
         device=device,
         code=code,
@@ -31,10 +27,13 @@ def inject_fault(
         recover_after_seconds=recover_after,
         message=message,
     )
+
+
+def inject_fault(socket: Path, req: api.FaultRequest) -> str:
     with XpudClient(socket) as client:
         done = client.inject_fault(req)
     return (
-        f"XPU {device}: injected {done.code} {done.name} ({done.severity}); "
+        f"XPU {req.device}: injected {done.code} {done.name} ({done.severity}); "
         f"health is now {done.health}"
     )
 
