@@ -180,6 +180,11 @@ def test_documented_queries_print_documented_headers(xpud8: XpudProcess) -> None
     assert re.fullmatch(r"\d+ %, \d+, \d+ MiB, \d+ MiB", row)
     [row, *_] = ok(smi(xpud8.socket, four, "--format=csv,noheader,nounits"))
     assert re.fullmatch(r"\d+, \d+, \d+, \d+", row)
+    # A loop prints the header once, then every round's rows (nvidia-smi -l).
+    looped = ok(
+        smi(xpud8.socket, "--query-gpu=index", "--format=csv", "-l", "0.05", "--iterations", "3")
+    )
+    assert looped == ["index", *[str(i) for i in range(8)] * 3]
 
 
 def test_values_are_xpuds_readings_in_nvidia_smis_units(xpud8: XpudProcess) -> None:
