@@ -7,6 +7,7 @@ and output NVIDIA publishes in it, never from xpu-smi's own output.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -416,3 +417,33 @@ def test_queries_import_no_http_or_validation_library(xpud8: XpudProcess) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stderr, done.stderr
+
+
+def test_processes_and_events_keep_to_the_selection(xpud8: XpudProcess) -> None:
+    with xpud8.client() as client:
+        ctx = client.open_context(api.ContextRequest(pid=4242, name="two", devices=["3", "4"]))
+        client.allocate(ctx.id, "3", 5 * MIB)
+        client.open_context(api.ContextRequest(pid=4343, name="other", devices=["6"]))
+    [only] = json.loads(ok(smi(xpud8.socket, "--json", "processes", "-i", "3"))[0])
+    assert only["pid"] == 4242 and [d["index"] for d in only["devices"]] == [3]
+    table = "\n".join(ok(smi(xpud8.socket, "processes", "-i", "3,4")))
+    assert "4242" in table and "4343" not in table
+
+    events = subprocess.Popen(
+        [sys.executable, "-m", "openxpu_runtime.smi", "events", "-i", "1,2"],
+        env={**os.environ, "XPUD_SOCKET": str(xpud8.socket)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert events.stdout is not None
+    try:
+        snapshot = [json.loads(events.stdout.readline()) for _ in range(2)]
+        assert [e["device_index"] for e in snapshot] == [1, 2]
+        with xpud8.client() as client:
+            client.inject_fault(api.FaultRequest(device="0", code=48))
+            client.inject_fault(api.FaultRequest(device="2", code=48))
+        seen = [json.loads(events.stdout.readline()) for _ in range(2)]
+        assert {e["device_index"] for e in seen} == {2}, seen
+    finally:
+        events.kill()
+        events.communicate()

@@ -186,14 +186,29 @@ def act(socket: Path, view: View, args: argparse.Namespace) -> None:
             _emit([ctl.clear_fault(socket, ref, args.code)])
 
 
+def held(contexts: list[render.Reading], view: View) -> list[render.Reading]:
+    """`processes --json` for the selected devices: the contexts on them, each with only
+    those devices."""
+    if not view.ids:
+        return contexts
+    uuids = {d["uuid"] for d in devices.select(view.inventory["devices"], view.ids)}
+    mine = ({**c, "devices": [d for d in c["devices"] if d["uuid"] in uuids]} for c in contexts)
+    return [c for c in mine if c["devices"]]
+
+
 def run(args: argparse.Namespace) -> int:
     socket: Path = args.socket or default_socket()
+    ids = devices.split_ids([*(args.id or []), *(getattr(args, "sub_id", None) or [])])
     if args.command == "events":
         from openxpu_runtime.smi import control as ctl
 
-        ctl.follow_events(socket, args.reconnect_timeout)
+        uuids = None
+        if ids:
+            with XpudReader(socket) as xpud:
+                chosen = devices.select(xpud.get("/v1/inventory")["devices"], ids)
+            uuids = frozenset(d["uuid"] for d in chosen)
+        ctl.follow_events(socket, args.reconnect_timeout, uuids)
         return 0
-    ids = devices.split_ids([*(args.id or []), *(getattr(args, "sub_id", None) or [])])
     with XpudReader(socket) as xpud:
         view = View(xpud, ids)
         try:
@@ -201,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 act(socket, view, args)
             elif args.command == "processes":
                 if args.json:
-                    _emit([json.dumps(xpud.get("/v1/processes"))])
+                    _emit([json.dumps(held(xpud.get("/v1/processes"), view))])
                 else:
                     _emit(render.process_table(view.snapshot()[1]))
             elif args.command in ("dmon", "pmon"):
@@ -310,6 +325,7 @@ def parse_args(argv: list[str] | None, prog: str = "xpu-smi") -> argparse.Namesp
     # SUPPRESS: an unset subcommand flag must not undo `xpu-smi --json processes`.
     procs.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     events = sub.add_parser("events", help="follow the health-event stream (JSON lines)")
+    _ids(events, "sub_id")
     events.add_argument(
         "--reconnect-timeout",
         type=_number(0, inclusive=True),
