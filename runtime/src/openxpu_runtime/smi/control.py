@@ -15,15 +15,11 @@ RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
 
 
-def inject_fault(
-    socket: Path,
-    device: str,
-    code: int,
-    sticky: bool | None,
-    recover_after: float | None,
-    message: str,
-) -> str:
-    req = _request(
+def fault_request(
+    device: str, code: int, sticky: bool | None, recover_after: float | None, message: str
+) -> api.FaultRequest:
+    """The request, checked before any device is looked up: a bad one is refused at once."""
+    return _request(
         api.FaultRequest,
         device=device,
         code=code,
@@ -31,10 +27,13 @@ def inject_fault(
         recover_after_seconds=recover_after,
         message=message,
     )
+
+
+def inject_fault(socket: Path, req: api.FaultRequest) -> str:
     with XpudClient(socket) as client:
         done = client.inject_fault(req)
     return (
-        f"XPU {device}: injected {done.code} {done.name} ({done.severity}); "
+        f"XPU {req.device}: injected {done.code} {done.name} ({done.severity}); "
         f"health is now {done.health}"
     )
 
@@ -45,11 +44,13 @@ def clear_fault(socket: Path, device: str, code: int | None) -> str:
     return f"XPU {device}: cleared {cleared.cleared or 'nothing'}; health is now {cleared.health}"
 
 
-def follow_events(socket: Path, reconnect_timeout: float) -> None:
+def follow_events(
+    socket: Path, reconnect_timeout: float, uuids: frozenset[str] | None = None
+) -> None:
     """Print the event stream as JSON lines. When it ends (xpud stopped or restarted), say so
     and reconnect, backing off, for up to `reconnect_timeout` seconds; each new stream opens
     with a snapshot of every device, so a reader resynchronises. Unreachable when xpud is not
-    there to begin with or does not come back in time."""
+    there to begin with or does not come back in time. `uuids`: only these devices' events."""
     connected = False
     deadline: float | None = None
     delay = RETRY_FIRST_SECONDS
@@ -58,7 +59,8 @@ def follow_events(socket: Path, reconnect_timeout: float) -> None:
             try:
                 for event in client.events():
                     connected, deadline, delay = True, None, RETRY_FIRST_SECONDS
-                    print(event.model_dump_json(), flush=True)
+                    if uuids is None or event.device_uuid in uuids:
+                        print(event.model_dump_json(), flush=True)
                 why = "xpud closed the event stream"
             except Unreachable as exc:
                 if not connected:
