@@ -1,0 +1,207 @@
+"""Images built by buildah (`bud --isolation chroot`) from a local mmdebstrap base: every
+Dockerfile instruction and multi-stage builds, the OCI archive containerd imports, the
+content-keyed cache, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openxpu_lab import hostdeps, paths
+from openxpu_lab.images import builder, openxpu
+from openxpu_lab.progress import Progress
+from openxpu_lab.shell import LabError
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="buildah --isolation chroot needs root"),
+]
+
+QUIET = Progress(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private lab cache (its own buildah storage and archives) sharing the machine's
+    mmdebstrap base, which takes minutes to make and never changes."""
+    real_base = paths.images_dir() / "base"
+    root = tmp_path_factory.mktemp("cache")
+    (root / "images").mkdir()
+    if real_base.is_dir():
+        (root / "images" / "base").symlink_to(real_base)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENXPU_CACHE", str(root))
+        hostdeps.ensure_packages(["buildah", "mmdebstrap"], QUIET)
+        yield root
+
+
+def _read_archive(archive: Path) -> tuple[dict[str, object], dict[str, object], set[str]]:
+    """(index manifest descriptor, image config, every path in every layer)."""
+    with tarfile.open(archive) as tar:
+
+        def blob(digest: str) -> tarfile.ExFileObject:
+            f = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+            assert f is not None
+            return f
+
+        f = tar.extractfile("index.json")
+        assert f is not None
+        (desc,) = json.load(f)["manifests"]
+        manifest = json.load(blob(desc["digest"]))
+        config = json.load(blob(manifest["config"]["digest"]))
+        files: set[str] = set()
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=blob(layer["digest"]), mode="r:*") as lt:
+                files |= {m.name.removeprefix("./") for m in lt}
+    return desc, config, files
+
+
+MULTI_STAGE = """\
+ARG BASE=debian:bookworm-slim
+FROM ${BASE} AS build
+ARG GREETING=hello
+WORKDIR /src
+COPY greeting.txt ./
+RUN echo "$GREETING from the build stage" >> greeting.txt && mkdir out && cp greeting.txt out/
+
+FROM ${BASE}
+ARG GREETING
+ENV APP_HOME=/opt/app LANG=C.UTF-8
+WORKDIR $APP_HOME
+COPY --from=build /src/out/ ./data/
+ADD extra.txt /etc/extra.txt
+RUN useradd --uid 1234 --no-create-home app && test "$GREETING" = built-by-test
+USER app
+EXPOSE 8080
+LABEL org.example.purpose="lab test"
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/bin/cat"]
+CMD ["data/greeting.txt"]
+"""
+
+
+def test_multi_stage_build_gives_the_right_oci_config(cache: Path, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        MULTI_STAGE.replace("ARG GREETING=hello", "ARG GREETING=built-by-test")
+    )
+    (ctx / "greeting.txt").write_text("line one\n")
+    (ctx / "extra.txt").write_text("extra\n")
+    out = tmp_path / "app.tar"
+    digest = builder.build(ctx / "Dockerfile", ctx, "openxpu/test-app:1", out, QUIET)
+
+    desc, config, files = _read_archive(out)
+    assert desc["digest"] == digest
+    assert desc["annotations"]["io.containerd.image.name"] == "docker.io/openxpu/test-app:1"  # type: ignore[index]
+    cfg = config["config"]
+    assert isinstance(cfg, dict)
+    assert cfg["Entrypoint"] == ["/bin/cat"]
+    assert cfg["Cmd"] == ["data/greeting.txt"]
+    assert cfg["User"] == "app"
+    assert cfg["WorkingDir"] == "/opt/app"
+    assert "APP_HOME=/opt/app" in cfg["Env"] and "LANG=C.UTF-8" in cfg["Env"]
+    assert any(e.startswith("PATH=/usr/local/sbin:") for e in cfg["Env"])
+    assert cfg["Labels"]["org.example.purpose"] == "lab test"
+    assert "8080/tcp" in cfg["ExposedPorts"]
+    assert cfg["StopSignal"] == "SIGTERM"
+    # The final stage has what COPY --from took out of the build stage, not the stage itself.
+    assert "opt/app/data/greeting.txt" in files and "etc/extra.txt" in files
+    assert not any(f.startswith("src/") for f in files)
+    # The host's pip settings were build-time secrets: no trace in any layer.
+    assert "etc/pip.conf" not in files and not any(f.startswith("run/secrets") for f in files)
+
+
+def test_the_built_file_is_what_the_build_stage_made(cache: Path, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(MULTI_STAGE.replace('&& test "$GREETING" = built-by-test', ""))
+    (ctx / "greeting.txt").write_text("line one\n")
+    (ctx / "extra.txt").write_text("extra\n")
+    out = tmp_path / "app.tar"
+    builder.build(ctx / "Dockerfile", ctx, "openxpu/test-app:2", out, QUIET)
+    with tarfile.open(out) as tar:
+        contents = b""
+        for m in tar:
+            f = tar.extractfile(m) if m.isfile() else None
+            if f is None or m.name.endswith("json") or m.name == "oci-layout":
+                continue
+            with tarfile.open(fileobj=f, mode="r:*") as lt:
+                with_greeting = [x for x in lt if x.name.endswith("data/greeting.txt")]
+                for x in with_greeting:
+                    g = lt.extractfile(x)
+                    assert g is not None
+                    contents = g.read()
+    assert contents == b"line one\nhello from the build stage\n"  # ARG default, both lines
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "expected"),
+    [
+        (
+            "FROM debian:bookworm-slim\nENV A=1\nRUN echo doing it; echo it broke >&2; exit 3\n",
+            'STEP "RUN echo doing it; echo it broke >&2; exit 3": exit status 3 '
+            "(last output: it broke)",
+        ),
+        (
+            "FROM debian:bookworm-slim\nCOPY not-in-context.txt /x\n",
+            'STEP "COPY not-in-context.txt /x"',
+        ),
+        ("FROM debian:bookworm-slim\nFROBNICATE x\n", 'Unknown instruction: "FROBNICATE"'),
+        ("FROM quay.io/nowhere/nothing:1\n", "no image registry here"),
+        ("RUN true\n", "no FROM instruction"),
+    ],
+)
+def test_a_broken_dockerfile_is_a_one_line_error_naming_the_step(
+    cache: Path, tmp_path: Path, dockerfile: str, expected: str
+) -> None:
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    with pytest.raises(LabError) as err:
+        builder.build(
+            tmp_path / "Dockerfile", tmp_path, "openxpu/broken:1", tmp_path / "o.tar", QUIET
+        )
+    message = str(err.value)
+    assert "\n" not in message and expected in message, message
+    assert message.startswith(str(tmp_path / "Dockerfile"))
+    assert not (tmp_path / "o.tar").exists()
+
+
+@pytest.fixture
+def counted_buildah(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """buildah behind a shim on PATH that logs each call: proof of whether it ran."""
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir()
+    log = tmp_path / "buildah-calls"
+    shim = shim_dir / "buildah"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec /usr/bin/buildah "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim_dir}:{os.environ['PATH']}")
+    return log
+
+
+def test_openxpu_image_builds_and_a_warm_start_never_runs_buildah(
+    cache: Path, counted_buildah: Path
+) -> None:
+    archive = openxpu.ensure_image(QUIET)
+    assert counted_buildah.read_text().count(" bud ") == 1
+    _, config, files = _read_archive(archive)
+    cfg = config["config"]
+    assert isinstance(cfg, dict)
+    assert cfg["Cmd"] == ["python3"]
+    assert cfg["Env"][-1].startswith("PATH=/opt/openxpu/bin:")
+    assert "opt/openxpu/bin/python3" in files
+    assert any(
+        f.startswith("opt/openxpu/lib/python3.11/site-packages/openxpu_runtime") for f in files
+    )
+    assert "etc/pip.conf" not in files and not any(f.startswith("tmp/wheels/") for f in files)
+
+    counted_buildah.unlink()
+    mtime = archive.stat().st_mtime_ns
+    assert openxpu.ensure_image(QUIET) == archive
+    assert not counted_buildah.exists()  # the cache key alone decided: buildah never ran
+    assert archive.stat().st_mtime_ns == mtime
