@@ -9,6 +9,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -40,31 +41,39 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
 
 
-def _read_archive(archive: Path) -> tuple[dict[str, object], dict[str, object], set[str]]:
-    """(index manifest descriptor, image config, every path in every layer)."""
+def _read_archive(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
+    """(index manifest descriptor, image config, path -> content of every layer's entries,
+    later layers winning; directories and links as b"")."""
     with tarfile.open(archive) as tar:
 
-        def blob(digest: str) -> tarfile.ExFileObject:
+        def blob(digest: str) -> IO[bytes]:
             f = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
             assert f is not None
             return f
 
-        f = tar.extractfile("index.json")
-        assert f is not None
-        (desc,) = json.load(f)["manifests"]
+        (desc,) = json.load(blob_of(tar, "index.json"))["manifests"]
         manifest = json.load(blob(desc["digest"]))
         config = json.load(blob(manifest["config"]["digest"]))
-        files: set[str] = set()
+        files: dict[str, bytes] = {}
         for layer in manifest["layers"]:
             with tarfile.open(fileobj=blob(layer["digest"]), mode="r:*") as lt:
-                files |= {m.name.removeprefix("./") for m in lt}
+                for m in lt:
+                    f = lt.extractfile(m) if m.isfile() and m.size < 1 << 16 else None
+                    files[m.name.removeprefix("./")] = f.read() if f else b""
     return desc, config, files
+
+
+def blob_of(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    f = tar.extractfile(name)
+    assert f is not None
+    return f
 
 
 MULTI_STAGE = """\
 ARG BASE=debian:bookworm-slim
-FROM ${BASE} AS build
 ARG GREETING=hello
+FROM ${BASE} AS build
+ARG GREETING
 WORKDIR /src
 COPY greeting.txt ./
 RUN echo "$GREETING from the build stage" >> greeting.txt && mkdir out && cp greeting.txt out/
@@ -75,7 +84,7 @@ ENV APP_HOME=/opt/app LANG=C.UTF-8
 WORKDIR $APP_HOME
 COPY --from=build /src/out/ ./data/
 ADD extra.txt /etc/extra.txt
-RUN useradd --uid 1234 --no-create-home app && test "$GREETING" = built-by-test
+RUN useradd --uid 1234 --no-create-home app && test "$GREETING" = hello
 USER app
 EXPOSE 8080
 LABEL org.example.purpose="lab test"
@@ -88,9 +97,7 @@ CMD ["data/greeting.txt"]
 def test_multi_stage_build_gives_the_right_oci_config(cache: Path, tmp_path: Path) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    (ctx / "Dockerfile").write_text(
-        MULTI_STAGE.replace("ARG GREETING=hello", "ARG GREETING=built-by-test")
-    )
+    (ctx / "Dockerfile").write_text(MULTI_STAGE)
     (ctx / "greeting.txt").write_text("line one\n")
     (ctx / "extra.txt").write_text("extra\n")
     out = tmp_path / "app.tar"
@@ -98,9 +105,8 @@ def test_multi_stage_build_gives_the_right_oci_config(cache: Path, tmp_path: Pat
 
     desc, config, files = _read_archive(out)
     assert desc["digest"] == digest
-    assert desc["annotations"]["io.containerd.image.name"] == "docker.io/openxpu/test-app:1"  # type: ignore[index]
+    assert desc["annotations"]["io.containerd.image.name"] == "docker.io/openxpu/test-app:1"
     cfg = config["config"]
-    assert isinstance(cfg, dict)
     assert cfg["Entrypoint"] == ["/bin/cat"]
     assert cfg["Cmd"] == ["data/greeting.txt"]
     assert cfg["User"] == "app"
@@ -110,34 +116,14 @@ def test_multi_stage_build_gives_the_right_oci_config(cache: Path, tmp_path: Pat
     assert cfg["Labels"]["org.example.purpose"] == "lab test"
     assert "8080/tcp" in cfg["ExposedPorts"]
     assert cfg["StopSignal"] == "SIGTERM"
-    # The final stage has what COPY --from took out of the build stage, not the stage itself.
-    assert "opt/app/data/greeting.txt" in files and "etc/extra.txt" in files
+    # The final stage has what COPY --from took out of the build stage (made there by RUN
+    # with the global ARG's default), not the build stage itself.
+    assert files["opt/app/data/greeting.txt"] == b"line one\nhello from the build stage\n"
+    assert files["etc/extra.txt"] == b"extra\n"
+    assert b"app:x:1234:" in files["etc/passwd"]
     assert not any(f.startswith("src/") for f in files)
     # The host's pip settings were build-time secrets: no trace in any layer.
     assert "etc/pip.conf" not in files and not any(f.startswith("run/secrets") for f in files)
-
-
-def test_the_built_file_is_what_the_build_stage_made(cache: Path, tmp_path: Path) -> None:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(MULTI_STAGE.replace('&& test "$GREETING" = built-by-test', ""))
-    (ctx / "greeting.txt").write_text("line one\n")
-    (ctx / "extra.txt").write_text("extra\n")
-    out = tmp_path / "app.tar"
-    builder.build(ctx / "Dockerfile", ctx, "openxpu/test-app:2", out, QUIET)
-    with tarfile.open(out) as tar:
-        contents = b""
-        for m in tar:
-            f = tar.extractfile(m) if m.isfile() else None
-            if f is None or m.name.endswith("json") or m.name == "oci-layout":
-                continue
-            with tarfile.open(fileobj=f, mode="r:*") as lt:
-                with_greeting = [x for x in lt if x.name.endswith("data/greeting.txt")]
-                for x in with_greeting:
-                    g = lt.extractfile(x)
-                    assert g is not None
-                    contents = g.read()
-    assert contents == b"line one\nhello from the build stage\n"  # ARG default, both lines
 
 
 @pytest.mark.parametrize(
@@ -191,7 +177,6 @@ def test_openxpu_image_builds_and_a_warm_start_never_runs_buildah(
     assert counted_buildah.read_text().count(" bud ") == 1
     _, config, files = _read_archive(archive)
     cfg = config["config"]
-    assert isinstance(cfg, dict)
     assert cfg["Cmd"] == ["python3"]
     assert cfg["Env"][-1].startswith("PATH=/opt/openxpu/bin:")
     assert "opt/openxpu/bin/python3" in files

@@ -129,7 +129,7 @@ def _build_error(dockerfile: Path, output: str) -> LabError:
     err = err.removeprefix("Error: ").split(" &imagebuilder.", 1)[0]  # drop Go struct dumps
     if "image not known" in err:
         err += f" (no image registry here: FROM may name only {' or '.join(BASES)})"
-    noise = ("subprocess exited", "Error: ", "time=", "STEP ", "[")
+    noise = ("subprocess exited", "Error: ", "time=", "STEP ", "[", "-->", "Successfully ")
     said = [line for line in lines if not line.startswith(noise)]
     if err.endswith(tuple(f"exit status {n}" for n in range(1, 256))) and said:
         err += f" (last output: {said[-1][:200]})"
