@@ -42,8 +42,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _read_archive(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
-    """(index manifest descriptor, image config, path -> content of every layer's entries,
-    later layers winning; directories and links as b"")."""
+    """(index manifest descriptor, image config, path -> content of the image's files as its
+    layers stack up (whiteouts applied); directories and links as b"")."""
     with tarfile.open(archive) as tar:
 
         def blob(digest: str) -> IO[bytes]:
@@ -58,8 +58,19 @@ def _read_archive(archive: Path) -> tuple[dict[str, Any], dict[str, Any], dict[s
         for layer in manifest["layers"]:
             with tarfile.open(fileobj=blob(layer["digest"]), mode="r:*") as lt:
                 for m in lt:
+                    path = m.name.removeprefix("./")
+                    parent, _, base = path.rpartition("/")
+                    if base.startswith(".wh."):  # whiteout: deleted by this layer
+                        gone = parent if base == ".wh..wh..opq" else f"{parent}/{base[4:]}"
+                        gone = gone.lstrip("/")
+                        files = {
+                            k: v
+                            for k, v in files.items()
+                            if k != gone and not k.startswith(gone + "/")
+                        }
+                        continue
                     f = lt.extractfile(m) if m.isfile() and m.size < 1 << 16 else None
-                    files[m.name.removeprefix("./")] = f.read() if f else b""
+                    files[path] = f.read() if f else b""
     return desc, config, files
 
 
@@ -155,6 +166,9 @@ def test_a_broken_dockerfile_is_a_one_line_error_naming_the_step(
     assert "\n" not in message and expected in message, message
     assert message.startswith(str(tmp_path / "Dockerfile"))
     assert not (tmp_path / "o.tar").exists()
+    # The failed build left no build container, hence no mount, behind.
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(cache) not in mounts
 
 
 @pytest.fixture
@@ -183,7 +197,10 @@ def test_openxpu_image_builds_and_a_warm_start_never_runs_buildah(
     assert any(
         f.startswith("opt/openxpu/lib/python3.11/site-packages/openxpu_runtime") for f in files
     )
-    assert "etc/pip.conf" not in files and not any(f.startswith("tmp/wheels/") for f in files)
+    assert "tmp/wheels" not in files and "tmp/requirements.txt" not in files
+    # The pip step's secrets (host pip settings, proxy CA) left nothing behind.
+    assert "etc/pip.conf" not in files and "run/pip-ca.crt" not in files
+    assert not any(f.startswith("run/secrets") for f in files)
 
     counted_buildah.unlink()
     mtime = archive.stat().st_mtime_ns

@@ -32,5 +32,5 @@ def test_host_pip_settings_become_build_secrets(
     assert args[:2] == ["--secret", f"id=pip-ca.crt,src={ca}"]
     assert args[2:] == ["--secret", f"id=pip.conf,src={tmp_path / 'pip.conf'}"]
     conf = (tmp_path / "pip.conf").read_text()
-    assert "cert = /run/secrets/pip-ca.crt" in conf and "default-timeout = 180" in conf
+    assert "cert = /run/pip-ca.crt" in conf and "default-timeout = 180" in conf
     assert "find-links" not in conf

@@ -31,6 +31,9 @@ BASES = (f"debian:{versions.DEBIAN_SUITE}-slim", f"debian:{versions.DEBIAN_SUITE
 # and the CA they trust. Build-time only, never in a layer; absent under a plain `docker build`.
 PIP_CONF_SECRET = "pip.conf"
 PIP_CA_SECRET = "pip-ca.crt"
+# Where the Dockerfile mounts the CA: in /run, which every base has (buildah would leave
+# the default /run/secrets behind as an empty directory in the layer).
+PIP_CA_TARGET = "/run/pip-ca.crt"
 
 
 def _host_mirror() -> str:
@@ -75,6 +78,8 @@ def buildah(*args: str | Path) -> list[str | Path]:
         "--root", store / "storage",
         "--runroot", store / "run",
         "--storage-driver", "overlay",
+        # No private bind mount of the storage dir left behind on the host after buildah exits.
+        "--storage-opt", "overlay.skip_mount_home=true",
         *args,
     ]  # fmt: skip
 
@@ -111,10 +116,10 @@ def _pip_secrets(tmp: Path) -> list[str]:
     secrets: list[str] = []
     if ca and Path(ca).is_file():
         secrets += ["--secret", f"id={PIP_CA_SECRET},src={ca}"]
-        conf["global"]["cert"] = f"/run/secrets/{PIP_CA_SECRET}"
+        conf["global"]["cert"] = PIP_CA_TARGET
     for section in conf.sections():
         for key, value in list(conf[section].items()):
-            if value.startswith("/") and not value.startswith("/run/secrets/"):
+            if value.startswith("/") and value != PIP_CA_TARGET:
                 conf.remove_option(section, key)
     pip_conf = tmp / PIP_CONF_SECRET
     with pip_conf.open("w") as fh:
@@ -160,6 +165,7 @@ def build(dockerfile: Path, context: Path, name: str, out: Path, progress: Progr
             "--isolation", "chroot",
             "--pull=never",
             "--layers",  # unchanged leading steps (apt-get) come from buildah's cache
+            "--force-rm",  # a failed step leaves no build container (nor its mount)
             "--format", "oci",
             *_pip_secrets(Path(tmp)),
             "--file", dockerfile,
