@@ -136,7 +136,7 @@ def _build_error(dockerfile: Path, output: str) -> LabError:
         err += f" (no image registry here: FROM may name only {' or '.join(BASES)})"
     noise = ("subprocess exited", "Error: ", "time=", "STEP ", "[", "-->", "Successfully ")
     said = [line for line in lines if not line.startswith(noise)]
-    if err.endswith(tuple(f"exit status {n}" for n in range(1, 256))) and said:
+    if re.search(r"exit status \d+$", err) and said:  # a RUN step failed: say what it said
         err += f" (last output: {said[-1][:200]})"
     return LabError(f"{dockerfile}: {err or 'buildah failed: ' + (lines or ['?'])[-1]}")
 
