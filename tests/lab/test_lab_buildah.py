@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -14,7 +16,7 @@ from typing import IO, Any
 import pytest
 
 from openxpu_lab import hostdeps, paths
-from openxpu_lab.images import builder, openxpu
+from openxpu_lab.images import builder, openxpu, store
 from openxpu_lab.progress import Progress
 from openxpu_lab.shell import LabError
 
@@ -24,6 +26,9 @@ pytestmark = [
 ]
 
 QUIET = Progress(quiet=True)
+# The machine's containerd build (taken before the tests point OPENXPU_CACHE elsewhere).
+CONTAINERD_BIN = paths.containerd_bin_dir()
+_WITH_CONTAINERD = {**os.environ, "PATH": f"{CONTAINERD_BIN}:{os.environ['PATH']}"}  # its shim
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +110,18 @@ CMD ["data/greeting.txt"]
 """
 
 
-def test_multi_stage_build_gives_the_right_oci_config(cache: Path, tmp_path: Path) -> None:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
+@pytest.fixture(scope="module")
+def app_archive(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    ctx = tmp_path_factory.mktemp("ctx")
     (ctx / "Dockerfile").write_text(MULTI_STAGE)
     (ctx / "greeting.txt").write_text("line one\n")
     (ctx / "extra.txt").write_text("extra\n")
-    out = tmp_path / "app.tar"
-    digest = builder.build(ctx / "Dockerfile", ctx, "openxpu/test-app:1", out, QUIET)
+    out = ctx.parent / "app.tar"
+    return out, builder.build(ctx / "Dockerfile", ctx, "openxpu/test-app:1", out, QUIET)
 
+
+def test_multi_stage_build_gives_the_right_oci_config(app_archive: tuple[Path, str]) -> None:
+    out, digest = app_archive
     desc, config, files = _read_archive(out)
     assert desc["digest"] == digest
     assert desc["annotations"]["io.containerd.image.name"] == "docker.io/openxpu/test-app:1"
@@ -135,6 +143,64 @@ def test_multi_stage_build_gives_the_right_oci_config(cache: Path, tmp_path: Pat
     assert not any(f.startswith("src/") for f in files)
     # The host's pip settings were build-time secrets: no trace in any layer.
     assert "etc/pip.conf" not in files and not any(f.startswith("run/secrets") for f in files)
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A private containerd (no CRI, own root, state and socket; not the lab's): the
+    `ctr` command line that talks to it."""
+    if not (CONTAINERD_BIN / "containerd").exists():
+        pytest.skip("containerd is not built yet (`openxpu-lab build`)")
+    d = tmp_path_factory.mktemp("containerd")
+    sock = d / "c.sock"
+    (d / "config.toml").write_text(
+        f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
+    )
+    with (d / "log").open("w") as log:
+        proc = subprocess.Popen(
+            [CONTAINERD_BIN / "containerd", "--config", d / "config.toml"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_WITH_CONTAINERD,
+        )
+    try:
+        ctr = [str(CONTAINERD_BIN / "ctr"), "--address", str(sock), "--namespace", "buildah-test"]
+        for _ in range(100):
+            if (
+                sock.exists()
+                and subprocess.run([*ctr, "version"], capture_output=True).returncode == 0
+            ):
+                break
+            time.sleep(0.1)
+        yield ctr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_archive_imports_into_containerd_and_runs(
+    app_archive: tuple[Path, str], containerd: list[str]
+) -> None:
+    archive, digest = app_archive
+    assert store.archive_name_digest(archive) == ("docker.io/openxpu/test-app:1", digest)
+    subprocess.run([*containerd, "images", "import", str(archive)], check=True, timeout=300)
+    listed = subprocess.run(
+        [*containerd, "images", "ls"], check=True, capture_output=True, text=True
+    ).stdout
+    row = f"docker.io/openxpu/test-app:1 application/vnd.oci.image.manifest.v1+json {digest}"
+    assert row in " ".join(listed.split())
+    # ENTRYPOINT + CMD, relative to WORKDIR, as USER app: the file the build stage made.
+    ran = subprocess.run(
+        [*containerd, "run", "--rm", "docker.io/openxpu/test-app:1", "buildah-test-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_WITH_CONTAINERD,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "line one\nhello from the build stage\n"
 
 
 @pytest.mark.parametrize(
