@@ -22,6 +22,7 @@ PACKAGES: dict[str, str] = {
     "socat": "/usr/bin/socat",
     "busybox-static": "/usr/bin/busybox",
     "mmdebstrap": "/usr/bin/mmdebstrap",
+    "buildah": "/usr/bin/buildah",
     "gcc": "/usr/bin/gcc",
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
 }

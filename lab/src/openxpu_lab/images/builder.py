@@ -1,19 +1,18 @@
-"""Build an image from a Dockerfile with chroot: a Debian base from mmdebstrap, then the
-file's RUN/COPY/ENV steps applied to a root filesystem directory, then an OCI archive."""
+"""Build images from Dockerfiles with buildah (`buildah bud --isolation chroot`): a Debian
+base made locally with mmdebstrap and committed into buildah's own storage, `--pull=never`
+(no image registry), then the image pushed out as an OCI archive for containerd to import."""
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import os
-import shutil
-import subprocess
-import tarfile
+import re
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from openxpu_lab import paths, versions
-from openxpu_lab.images import dockerfile, oci
+from openxpu_lab.images import oci
 from openxpu_lab.progress import Progress
 from openxpu_lab.shell import LabError, run
 
@@ -27,7 +26,14 @@ _SLIM_EXCLUDES = (
     "/usr/share/lintian/*",
     "/usr/share/linda/*",
 )
-_BASES = {f"debian:{versions.DEBIAN_SUITE}-slim", f"debian:{versions.DEBIAN_SUITE}"}
+BASES = (f"debian:{versions.DEBIAN_SUITE}-slim", f"debian:{versions.DEBIAN_SUITE}")
+# Secrets a Dockerfile may mount (`RUN --mount=type=secret,id=...`): the host's pip settings
+# and the CA they trust. Build-time only, never in a layer; absent under a plain `docker build`.
+PIP_CONF_SECRET = "pip.conf"
+PIP_CA_SECRET = "pip-ca.crt"
+# Where the Dockerfile mounts the CA: in /run, which every base has (buildah would leave
+# the default /run/secrets behind as an empty directory in the layer).
+PIP_CA_TARGET = "/run/pip-ca.crt"
 
 
 def _host_mirror() -> str:
@@ -47,8 +53,8 @@ def _host_mirror() -> str:
 
 def base_tarball(image: str, progress: Progress) -> Path:
     """Debian base root filesystem for `FROM debian:<suite>[-slim]`, cached."""
-    if image not in _BASES:
-        raise LabError(f"FROM {image}: the lab builds only {sorted(_BASES)} locally")
+    if image not in BASES:
+        raise LabError(f"FROM {image}: the lab builds only {list(BASES)} locally")
     out = paths.images_dir() / "base" / f"{image.replace(':', '-')}.tar"
     if out.exists():
         return out
@@ -64,183 +70,113 @@ def base_tarball(image: str, progress: Progress) -> Path:
     return out
 
 
-# The host's package-client setup, handed to RUN steps like the network is: build-time only,
-# never stored in the image. Some machines reach the registries through a proxy whose CA
-# only the host trusts, or through pip settings in /etc/pip.conf.
-_PASS_ENV_PREFIXES = ("PIP_", "UV_")
-_PASS_ENV_FILES = (
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "PIP_CERT",
-)
+def buildah(*args: str | Path) -> list[str | Path]:
+    """buildah on the lab's own storage (beside the image cache, not the host's podman store)."""
+    store = paths.images_dir() / "buildah"
+    return [
+        "buildah",
+        "--root", store / "storage",
+        "--runroot", store / "run",
+        "--storage-driver", "overlay",
+        # No private bind mount of the storage dir left behind on the host after buildah exits.
+        "--storage-opt", "overlay.skip_mount_home=true",
+        *args,
+    ]  # fmt: skip
 
 
-_BUILD_DIR = ".openxpu-build"
+def ensure_base(image: str, progress: Progress) -> None:
+    """`image` (a Debian base) in buildah's storage, made from the mmdebstrap tarball."""
+    ref = oci.full_name(image)
+    if run(buildah("inspect", "--type", "image", ref), check=False).returncode == 0:
+        return
+    tarball = base_tarball(image, progress)
+    with progress.step(f"committing the {image} base into buildah's storage"):
+        ctr = run(buildah("from", "--quiet", "scratch")).stdout.strip()
+        try:
+            run(buildah("add", "--quiet", ctr, tarball, "/"), timeout=600)  # unpacks the tar
+            run(buildah("config", "--env", f"PATH={DEFAULT_PATH}", "--cmd", "bash", ctr))
+            run(buildah("commit", "--quiet", ctr, ref), timeout=600)
+        finally:
+            run(buildah("rm", ctr), check=False)
 
 
-def build_env() -> tuple[dict[str, str], dict[Path, str]]:
-    """Environment for RUN steps taken from the host, with the host files it names mapped
-    to bind mounts under /.openxpu-build (so the image's own /etc/ssl stays writable)."""
-    env: dict[str, str] = {}
-    binds: dict[Path, str] = {}
-    pip_conf = Path("/etc/pip.conf")
-    if pip_conf.exists():
-        binds[pip_conf] = "/etc/pip.conf"
-    for k, v in os.environ.items():
-        if not (k.startswith(_PASS_ENV_PREFIXES) or k in _PASS_ENV_FILES):
-            continue
-        parts = []
-        for part in v.split():
-            host = Path(part)
-            if part.startswith("/") and host.exists():
-                if host not in binds:
-                    name = "/" + host.name if host.is_file() else ""
-                    binds[host] = f"/{_BUILD_DIR}/{len(binds)}{name}"
-                part = binds[host]
-            parts.append(part)
-        env[k] = " ".join(parts)
-    return env, binds
+def _pip_secrets(tmp: Path) -> list[str]:
+    """`--secret` options carrying the host's pip settings (/etc/pip.conf, then PIP_*
+    variables) and the CA bundle they name: some machines reach PyPI only through a proxy
+    whose CA just the host trusts. Settings naming other host paths make no sense inside."""
+    conf = configparser.ConfigParser(interpolation=None)
+    with contextlib.suppress(OSError, configparser.Error):
+        conf.read("/etc/pip.conf")
+    if not conf.has_section("global"):
+        conf.add_section("global")
+    for key, value in os.environ.items():
+        if key.startswith("PIP_"):
+            conf["global"][key[4:].lower().replace("_", "-")] = value
+    ca = conf["global"].get("cert", "")
+    secrets: list[str] = []
+    if ca and Path(ca).is_file():
+        secrets += ["--secret", f"id={PIP_CA_SECRET},src={ca}"]
+        conf["global"]["cert"] = PIP_CA_TARGET
+    for section in conf.sections():
+        for key, value in list(conf[section].items()):
+            if value.startswith("/") and value != PIP_CA_TARGET:
+                conf.remove_option(section, key)
+    pip_conf = tmp / PIP_CONF_SECRET
+    with pip_conf.open("w") as fh:
+        conf.write(fh)
+    return [*secrets, "--secret", f"id={PIP_CONF_SECRET},src={pip_conf}"]
 
 
-@contextlib.contextmanager
-def _chroot_mounts(root: Path, binds: dict[Path, str]) -> Iterator[None]:
-    mounted: list[Path] = []
-    created: list[Path] = []
-    try:
-        for src, dst, opts in (
-            ("proc", "proc", ["-t", "proc"]),
-            ("/sys", "sys", ["--rbind"]),
-            ("/dev", "dev", ["--rbind"]),
-        ):
-            target = root / dst
-            target.mkdir(exist_ok=True)
-            run(["mount", *opts, src, str(target)])
-            mounted.append(target)
-        for host, inside in binds.items():
-            target = root / inside.lstrip("/")
-            if not target.exists():
-                missing_parents = [p for p in reversed(target.parents) if not p.exists()]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                created += missing_parents
-                if host.is_dir():
-                    target.mkdir()
-                else:
-                    target.touch()
-                created.append(target)
-            run(["mount", "--bind", "-o", "ro", str(host), str(target)])
-            mounted.append(target)
-        # Name resolution for apt/pip inside the chroot (registries only).
-        resolv = root / "etc" / "resolv.conf"
-        if resolv.is_symlink():
-            resolv.unlink()
-        shutil.copyfile("/etc/resolv.conf", resolv)
-        yield
-    finally:
-        for target in reversed(mounted):
-            if run(["umount", "-R", str(target)], check=False).returncode != 0:
-                run(["umount", "-R", "-l", str(target)], check=False)
-        for c in reversed(created):
-            with contextlib.suppress(OSError):
-                c.rmdir() if c.is_dir() else c.unlink()
-        shutil.rmtree(root / _BUILD_DIR, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (root / "etc" / "resolv.conf").write_text("")
+def _build_error(dockerfile: Path, output: str) -> LabError:
+    """One line naming the failing step, from buildah's `Error: building at STEP ...`."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    err = next((line for line in reversed(lines) if line.startswith("Error: ")), "")
+    err = err.removeprefix("Error: ").split(" &imagebuilder.", 1)[0]  # drop Go struct dumps
+    if "image not known" in err:
+        err += f" (no image registry here: FROM may name only {' or '.join(BASES)})"
+    noise = ("subprocess exited", "Error: ", "time=", "STEP ", "[", "-->", "Successfully ")
+    said = [line for line in lines if not line.startswith(noise)]
+    if re.search(r"exit status \d+$", err) and said:  # a RUN step failed: say what it said
+        err += f" (last output: {said[-1][:200]})"
+    return LabError(f"{dockerfile}: {err or 'buildah failed: ' + (lines or ['?'])[-1]}")
 
 
-def build(dockerfile_path: Path, context: Path, name: str, out: Path, progress: Progress) -> str:
-    """Interpret `dockerfile_path` with build context `context`; write an OCI archive."""
-    steps = dockerfile.parse(dockerfile_path)
-    env: dict[str, str] = {}
-    args: dict[str, str] = {}
-    cfg: oci.ImageConfig = {}
-    workdir = "/"
-    user = ""
+_FROM = re.compile(r"^\s*FROM\s", re.IGNORECASE | re.MULTILINE)
+
+
+def _bases_named(dockerfile_text: str) -> list[str]:
+    """The local bases the file names (in FROM or in an ARG that FROM uses)."""
+    named = r"(?<![\w./-])(?:docker\.io/library/)?{}(?![\w.-])"
+    return [b for b in BASES if re.search(named.format(re.escape(b)), dockerfile_text)]
+
+
+def build(dockerfile: Path, context: Path, name: str, out: Path, progress: Progress) -> str:
+    """Build `dockerfile` with build context `context` as image `name`; write its OCI archive
+    to `out` and return the manifest digest."""
+    text = dockerfile.read_text()
+    if not _FROM.search(text):
+        raise LabError(f"{dockerfile}: no FROM instruction")
+    for base in _bases_named(text):
+        ensure_base(base, progress)
+    paths.images_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.images_dir(), prefix="build-") as tmp:
-        root = Path(tmp) / "rootfs"
-        root.mkdir()
-        for st in steps:
-            scope = {**args, **env}
-            if st.op == "ARG":
-                k, _, v = st.args.partition("=")
-                args.setdefault(k.strip(), dockerfile.expand(v.strip(), scope))
-            elif st.op == "FROM":
-                base = dockerfile.expand(st.args.split()[0], scope)
-                with tarfile.open(base_tarball(base, progress)) as tar:
-                    tar.extractall(root, filter="fully_trusted")
-                env["PATH"] = DEFAULT_PATH
-            elif st.op == "ENV":
-                for k, v in dockerfile.key_values(st.args).items():
-                    env[k] = dockerfile.expand(v, {**args, **env})
-            elif st.op == "WORKDIR":
-                workdir = os.path.join(workdir, dockerfile.expand(st.args, scope))
-                (root / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            elif st.op == "USER":
-                user = dockerfile.expand(st.args, scope)
-            elif st.op == "COPY":
-                _copy(context, root, workdir, dockerfile.expand(st.args, scope))
-            elif st.op == "RUN":
-                _run(root, workdir, {**args, **env}, st, progress)
-            elif st.op == "ENTRYPOINT":
-                cfg["Entrypoint"] = dockerfile.exec_or_shell(st.args)
-            elif st.op == "CMD":
-                cfg["Cmd"] = dockerfile.exec_or_shell(st.args)
-            elif st.op == "LABEL":
-                cfg.setdefault("Labels", {}).update(dockerfile.key_values(st.args))
-        cfg["Env"] = [f"{k}={v}" for k, v in env.items()]
-        cfg["WorkingDir"] = workdir
-        if user:
-            cfg["User"] = user
-        with progress.step(f"packing {name}"):
-            return oci.pack(root, name, cfg, out)
-
-
-def _copy(context: Path, root: Path, workdir: str, args: str) -> None:
-    parts = [p for p in args.split() if not p.startswith("--")]
-    if len(parts) < 2:
-        raise LabError(f"COPY needs a source and a destination: {args}")
-    *srcs, dest = parts
-    dest_path = root / os.path.join(workdir, dest).lstrip("/")
-    for s in srcs:
-        src = (context / s).resolve()
-        if not src.is_relative_to(context.resolve()) or not src.exists():
-            raise LabError(f"COPY {s}: not found in the build context {context}")
-        if src.is_dir():
-            shutil.copytree(src, dest_path, symlinks=True, dirs_exist_ok=True)
-        else:
-            target = dest_path / src.name if dest.endswith("/") or dest_path.is_dir() else dest_path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
-
-
-def _run(
-    root: Path, workdir: str, env: dict[str, str], st: dockerfile.Instruction, progress: Progress
-) -> None:
-    argv = dockerfile.exec_or_shell(st.args)
-    short = st.args if len(st.args) < 70 else st.args[:67] + "..."
-    host_env, binds = build_env()
-    run_env = {**host_env, **env}
-    with progress.step(f"RUN {short}"), _chroot_mounts(root, binds):
-        proc = subprocess.run(
-            [
-                "chroot",
-                str(root),
-                "/usr/bin/env",
-                "-i",
-                *[f"{k}={v}" for k, v in run_env.items()],
-                "/bin/sh",
-                "-c",
-                'cd "$1" && shift && exec "$@"',
-                "sh",
-                workdir,
-                *argv,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-        raise LabError(f"Dockerfile line {st.line}: RUN failed ({proc.returncode}):\n{tail}")
+        argv = buildah(
+            "bud",
+            "--isolation", "chroot",
+            "--pull=never",
+            "--layers",  # unchanged leading steps (apt-get) come from buildah's cache
+            "--force-rm",  # a failed step leaves no build container (nor its mount)
+            "--format", "oci",
+            *_pip_secrets(Path(tmp)),
+            "--file", dockerfile,
+            "--tag", name,
+            context,
+        )  # fmt: skip
+        with progress.step(f"buildah bud {name}"):
+            proc = run(argv, check=False, timeout=3600)
+        if proc.returncode != 0:
+            raise _build_error(dockerfile, proc.stdout + "\n" + proc.stderr)
+        layout = Path(tmp) / "oci"
+        with progress.step(f"exporting {name} as an OCI archive"):
+            run(buildah("push", "--quiet", name, f"oci:{layout}:{name}"), timeout=1800)
+            return oci.archive_layout(layout, name, out)

@@ -157,3 +157,21 @@ def full_name(name: str) -> str:
     if "." in first or ":" in first or first == "localhost":
         return name
     return f"docker.io/{name}"
+
+
+def archive_layout(layout: Path, name: str, out: Path) -> str:
+    """Tar the OCI layout directory `layout` (one image, e.g. from `buildah push oci:`) into
+    the archive `out`, its index naming the image for containerd (`ctr images import` keeps
+    only names it is given this way); returns the manifest digest."""
+    index = json.loads((layout / "index.json").read_text())
+    (desc,) = index["manifests"]
+    desc.setdefault("annotations", {})["io.containerd.image.name"] = full_name(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_suffix(".part")
+    with tarfile.open(part, "w") as tar:
+        _add_bytes(tar, "oci-layout", (layout / "oci-layout").read_bytes())
+        _add_bytes(tar, "index.json", json.dumps(index).encode())
+        for blob in sorted((layout / "blobs" / "sha256").iterdir()):
+            tar.add(str(blob), arcname=f"blobs/sha256/{blob.name}")
+    part.rename(out)
+    return str(desc["digest"])

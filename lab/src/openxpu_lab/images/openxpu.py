@@ -16,6 +16,8 @@ from openxpu_lab.progress import Progress
 from openxpu_lab.shell import LabError, run
 
 OPENXPU_NAME = "openxpu/openxpu:dev"
+# Part of the cache key: archives made by an earlier builder are not reused.
+BUILDER = "buildah bud"
 # The component folders whose packages go into the image, when they exist.
 MEMBERS = ("runtime", "device-plugin", "exporter", "operator")
 
@@ -40,8 +42,10 @@ def members(repo: Path) -> list[Path]:
 
 
 def source_key(repo: Path) -> str:
-    """Hash of the Dockerfile and every member's sources: the image's cache key."""
+    """Hash of the Dockerfile, uv.lock and every member's sources: the image's cache key
+    (computed before building anything, so a warm start costs only this hash)."""
     h = hashlib.sha256()
+    h.update(BUILDER.encode())
     h.update((repo / "images" / "openxpu" / "Dockerfile").read_bytes())
     h.update((repo / "uv.lock").read_bytes())  # the image installs what the lock pins
     for m in members(repo):
