@@ -94,7 +94,8 @@ class _ProbingBackend(httpcore.SyncBackend):
         return super().connect_unix_socket(path, timeout, socket_options)
 
 
-def _unix_transport(path: Path) -> httpx.HTTPTransport:
+def unix_transport(path: Path) -> httpx.HTTPTransport:
+    """An httpx transport to a unix socket that closes what a failed connect opened."""
     transport = httpx.HTTPTransport(uds=str(path))
     transport._pool = httpcore.ConnectionPool(uds=str(path), network_backend=_ProbingBackend())
     return transport
@@ -123,7 +124,7 @@ class XpudClient:
     def __init__(self, socket: Path | None = None, timeout: httpx.Timeout = TIMEOUT) -> None:
         self.socket = socket or default_socket()
         self._http = httpx.Client(
-            transport=_unix_transport(self.socket),
+            transport=unix_transport(self.socket),
             base_url="http://xpud",
             timeout=timeout,
         )
