@@ -4,6 +4,7 @@ raw HTTP (not only the client library): a workload need not use our library."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from openxpu_runtime import api
-from openxpu_runtime.client import unix_transport
+from openxpu_runtime.client import AsyncXpudClient, unix_transport
 from openxpu_runtime.clock import ManualClock
 from openxpu_runtime.daemon.app import admin_routes, create_app, create_workload_app
 from openxpu_runtime.engine import Engine
@@ -351,6 +352,36 @@ def test_deleting_a_scope_frees_its_memory_and_removes_its_socket(
     assert admin.delete(f"/v1/scopes/{replica['id']}").status_code == 404
     node.restart()
     assert not sock.exists(), "a deleted scope is not served again"
+
+
+def test_the_device_plugins_calls_create_list_and_delete_a_scope(
+    node: XpudProcess, uuids: list[str]
+) -> None:
+    """The calls the plugin's Allocate and its reconciliation make, with its async client."""
+
+    async def plugin() -> tuple[api.Scope, list[api.Scope], list[api.Scope]]:
+        async with AsyncXpudClient(node.socket) as client:
+            replicas = [
+                api.ScopeDeviceRequest(id=f"{uuids[1]}::{n}", memory_limit_bytes=GIB)
+                for n in (0, 1)
+            ]
+            scope = await client.create_scope(
+                api.ScopeRequest(devices=replicas, labels={"resource": "openxpu.io/xpu"})
+            )
+            listed = await client.scopes()
+            await client.delete_scope(scope.id)
+            with pytest.raises(NotFound):
+                await client.delete_scope(scope.id)
+            return scope, listed, await client.scopes()
+
+    scope, listed, after = asyncio.run(plugin())
+    assert listed == [scope] and after == []
+    assert scope.device_ids == [f"{uuids[1]}::0", f"{uuids[1]}::1"]
+    assert scope.labels == {"resource": "openxpu.io/xpu"}
+    assert [(d.index, d.host_index, d.memory_limit_bytes) for d in scope.devices] == [
+        (0, 1, 2 * GIB)
+    ]
+    assert scope.socket == str(node.paths.run_dir / "scopes" / scope.id / "xpud.sock")
 
 
 # -- the client library -----------------------------------------------------------------
