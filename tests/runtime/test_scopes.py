@@ -336,6 +336,17 @@ def test_scopes_and_their_contexts_survive_a_restart(
         assert [s["id"] for s in restarted.get("/v1/scopes").json()] == [replica["id"]]
 
 
+def test_deleting_a_scope_ends_its_event_stream(
+    admin: httpx.Client, replica: dict[str, Any]
+) -> None:
+    with raw(replica["socket"]) as w, w.stream("GET", "/v1/events") as events:
+        lines = events.iter_lines()
+        assert api.Event.model_validate_json(next(lines)).type == "snapshot"
+        assert admin.delete(f"/v1/scopes/{replica['id']}").status_code == 204
+        admin.post("/v1/faults", json={"device": "6", "code": 79})  # an event to deliver
+        assert list(lines) == [], "the stream ended, and showed nothing after the delete"
+
+
 def test_deleting_a_scope_frees_its_memory_and_removes_its_socket(
     node: XpudProcess, admin: httpx.Client, replica: dict[str, Any]
 ) -> None:

@@ -489,7 +489,7 @@ class Engine:
                 dev.uuid,
             )
         # The allocation's limit covers all its contexts together, not each one.
-        owner = self.scopes[ctx.scope] if ctx.scope else None
+        owner = self.scopes.get(ctx.scope) if ctx.scope else None
         cap = owner.limits.get(dev.index) if owner else None
         if owner is not None and cap is not None:
             held = self._scope_used(owner.id, dev.index)

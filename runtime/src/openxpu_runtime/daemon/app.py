@@ -198,7 +198,13 @@ def _workload_routes(app: FastAPI, caller: Callable[[Request], Scope | None]) ->
     async def events(scope: Caller) -> StreamingResponse:
         queue: asyncio.Queue[api.Event | None] = asyncio.Queue()
 
+        def deleted() -> bool:
+            return scope is not None and scope.id not in engine.scopes
+
         def deliver(event: api.Event) -> None:
+            if deleted():  # the allocation is gone: so is its stream
+                queue.put_nowait(None)
+                return
             seen = engine.event_for(event, scope)
             if seen is not None:
                 queue.put_nowait(seen if queue.qsize() < STREAM_BACKLOG else None)
@@ -215,6 +221,8 @@ def _workload_routes(app: FastAPI, caller: Callable[[Request], Scope | None]) ->
                     try:
                         item = await asyncio.wait_for(queue.get(), STREAM_KEEPALIVE_SECONDS)
                     except TimeoutError:
+                        if deleted():
+                            return
                         yield b"\n"  # keepalive: lets readers notice a dead daemon
                         continue
                     if item is None:
