@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openxpu_runtime.daemon import main as xpud
-from openxpu_runtime.daemon.app import create_app
+from openxpu_runtime.daemon.app import ScopeSockets, create_app
 from openxpu_runtime.engine import Engine
 
 FUTURE_EVENT = {
@@ -102,9 +102,9 @@ class RewriteJson:
         await self.app(scope, receive, rewritten)
 
 
-def skewed(mode: str) -> Callable[[Engine], FastAPI]:
-    def create(engine: Engine) -> FastAPI:
-        app = create_app(engine)
+def skewed(mode: str) -> Callable[[Engine, ScopeSockets | None], FastAPI]:
+    def create(engine: Engine, scope_sockets: ScopeSockets | None = None) -> FastAPI:
+        app = create_app(engine, scope_sockets)
         if mode == "newer":
             first = json.dumps(FUTURE_EVENT).encode() + b"\n"
             app.add_middleware(RewriteJson, rewrite=with_future_fields, first_line=first)

@@ -196,3 +196,31 @@ def test_engine_time_per_allocation_against_live_allocations(tmp_path: Path) -> 
         samples = timed(lambda: engine.allocate(ctx, request), 200)
         rows.append({"live_allocations": target, **percentiles(samples)})
     report("xpud engine time per allocation (in-process, state on disk)", rows)
+
+
+def test_bench_scope_create_and_delete(short_root: Path) -> None:
+    """What scoping adds to the device plugin's Allocate: one POST /v1/scopes (xpud journals
+    the scope and binds its socket) over a kept-alive connection, and a DELETE when the
+    container is gone."""
+    proc = XpudProcess(short_root, "--profile", "x1-8").start()
+    try:
+        with proc.client() as client:
+            uuid = client.inventory().devices[3].uuid
+            req = api.ScopeRequest(
+                devices=[
+                    api.ScopeDeviceRequest(id=f"{uuid}::{n}", memory_limit_bytes=1 << 30)
+                    for n in range(2)
+                ]
+            )
+            created: list[str] = []
+            create = timed(lambda: created.append(client.create_scope(req).id), 300)
+            delete = timed(lambda: client.delete_scope(created.pop()), 300)
+    finally:
+        proc.stop()
+    report(
+        "scopes",
+        [
+            {"operation": "POST /v1/scopes", **percentiles(create)},
+            {"operation": "DELETE /v1/scopes/{id}", **percentiles(delete)},
+        ],
+    )

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from openxpu_runtime import api
+from openxpu_runtime.client import XpudClient
 from openxpu_runtime.driver import Driver
+from openxpu_runtime.errors import OutOfMemory
 from openxpu_runtime.testing import XpudProcess
 
 pytestmark = pytest.mark.integration
@@ -112,3 +115,26 @@ def test_a_broken_install_record_is_reported_not_a_traceback(short_root: Path) -
     assert status.returncode == 2
     assert f"xpu-driver: {record} is not an install record" in status.stderr
     assert "Traceback" not in status.stderr
+
+
+def test_a_scope_and_its_context_survive_a_driver_upgrade(short_root: Path) -> None:
+    """A container keeps its scope socket and its context while the driver is upgraded
+    under it: the same path answers again, for the same allocation."""
+    try:
+        assert install(short_root, "1.0.0").returncode == 0
+        with XpudProcess(short_root).client() as admin:
+            replica = api.ScopeDeviceRequest(id="1::0", memory_limit_bytes=1 << 30)
+            scope = admin.create_scope(api.ScopeRequest(devices=[replica]))
+        assert scope.socket is not None
+        with XpudClient(Path(scope.socket)) as workload:
+            req = api.ContextRequest(pid=1, name="w", devices=["0"])
+            ctx = workload.open_context(req)
+            workload.allocate(ctx.id, "0", 1 << 29)
+        assert install(short_root, "1.1.0").returncode == 0
+        with XpudClient(Path(scope.socket)) as workload:
+            assert workload.version().driver_version == "1.1.0"
+            assert [p.id for p in workload.processes()] == [ctx.id]
+            with pytest.raises(OutOfMemory):
+                workload.allocate(ctx.id, "0", (1 << 29) + 1)
+    finally:
+        xpu_driver(short_root, "uninstall")

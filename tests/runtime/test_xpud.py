@@ -265,7 +265,7 @@ def test_a_bad_command_line_gets_one_line_and_exit_2(short_root: Path, argv: lis
 def test_a_clean_stop_leaves_no_socket_or_pid_file(xpud: XpudProcess) -> None:
     pidfile = xpud.paths.run_dir / "xpud.pid"
     assert xpud.proc is not None and pidfile.read_text() == str(xpud.proc.pid)
-    assert xpud.socket.stat().st_mode & 0o777 == 0o666, "the mode xpud sets, not an accident"
+    assert xpud.socket.stat().st_mode & 0o777 == 0o600, "the admin socket: root only"
     assert xpud.stop() == 0
     assert not xpud.socket.exists() and not pidfile.exists()
 

@@ -41,6 +41,8 @@ class VersionInfo(Response):
     driver_version: str
     node: str
     clock: str = Field(examples=["system", "manual"])
+    # The allocation this socket serves; None on the admin socket.
+    scope: str | None = None
 
 
 class DeviceInfo(Response):
@@ -141,6 +143,7 @@ class Context(Response):
     created_at: float
     lease_seconds: float | None
     devices: list[ContextDevice]
+    scope: str | None = None  # the allocation it was opened through
 
 
 class AllocationRequest(Request):
@@ -195,6 +198,42 @@ class FaultsCleared(Response):
     device_uuid: str
     cleared: list[int]
     health: str
+
+
+# A device as the device plugin allocated it: its UUID, host index, or a shared replica's ID
+# `<uuid>::<n>`.
+DeviceID = Annotated[str, Field(min_length=1, max_length=96, examples=["0"])]
+LabelKey = Annotated[str, Field(min_length=1, max_length=128)]
+LabelValue = Annotated[str, Field(max_length=256)]
+
+
+class ScopeDeviceRequest(Request):
+    id: DeviceID
+    # Shared replicas: what this replica may hold; replicas of one device add up.
+    memory_limit_bytes: int | None = Field(default=None, gt=0, le=1 << 50)
+
+
+class ScopeRequest(Request):
+    devices: list[ScopeDeviceRequest] = Field(min_length=1, max_length=1024)
+    # Free-form, for whoever reconciles scopes (pod, container, resource name).
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
+
+
+class ScopeDevice(Response):
+    index: int  # as the scope's clients see it: 0..n-1
+    host_index: int
+    uuid: str
+    memory_limit_bytes: int | None
+
+
+class Scope(Response):
+    id: str
+    created_at: float
+    socket: str | None  # None: xpud serves no socket for it (in-process tests)
+    device_ids: list[str]
+    devices: list[ScopeDevice]
+    labels: dict[str, str]
+    contexts: int
 
 
 class ClockAdvance(Request):

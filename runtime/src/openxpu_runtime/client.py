@@ -27,6 +27,7 @@ T = TypeVar("T")
 # The socket is local: anything slower than this is a hung daemon, not a slow network.
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 _CONTEXTS = TypeAdapter(list[api.Context])
+_SCOPES = TypeAdapter(list[api.Scope])
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -93,7 +94,8 @@ class _ProbingBackend(httpcore.SyncBackend):
         return super().connect_unix_socket(path, timeout, socket_options)
 
 
-def _unix_transport(path: Path) -> httpx.HTTPTransport:
+def unix_transport(path: Path) -> httpx.HTTPTransport:
+    """An httpx transport to a unix socket that closes what a failed connect opened."""
     transport = httpx.HTTPTransport(uds=str(path))
     transport._pool = httpcore.ConnectionPool(uds=str(path), network_backend=_ProbingBackend())
     return transport
@@ -122,7 +124,7 @@ class XpudClient:
     def __init__(self, socket: Path | None = None, timeout: httpx.Timeout = TIMEOUT) -> None:
         self.socket = socket or default_socket()
         self._http = httpx.Client(
-            transport=_unix_transport(self.socket),
+            transport=unix_transport(self.socket),
             base_url="http://xpud",
             timeout=timeout,
         )
@@ -233,6 +235,17 @@ class XpudClient:
             "/v1/clock/advance", api.ClockAdvance(seconds=seconds), api.ClockReading
         ).now
 
+    # -- scopes (admin socket) ------------------------------------------------------------
+
+    def create_scope(self, req: api.ScopeRequest) -> api.Scope:
+        return self._post("/v1/scopes", req, api.Scope)
+
+    def scopes(self) -> list[api.Scope]:
+        return _parse(_SCOPES.validate_json, self._call("GET", "/v1/scopes").content)
+
+    def delete_scope(self, scope_id: str) -> None:
+        self._call("DELETE", f"/v1/scopes/{scope_id}")
+
 
 def wait_until_answering(socket: Path, exit_code: Callable[[], int | None], timeout: float) -> None:
     """Block until a just-started xpud answers on `socket`; Unreachable if its process
@@ -272,13 +285,30 @@ class AsyncXpudClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _get(self, path: str, model: type[M]) -> M:
+    async def _call(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
         try:
-            response = await self._http.get(path)
+            response = await self._http.request(
+                method, path, json=body.model_dump(exclude_none=True) if body else None
+            )
         except httpx.TransportError as exc:
             raise _unreachable(self.socket, exc) from exc
         _raise_for(response)
-        return _parse(model.model_validate_json, response.content)
+        return response
+
+    async def _get(self, path: str, model: type[M]) -> M:
+        return _parse(model.model_validate_json, (await self._call("GET", path)).content)
+
+    # The device plugin's side of a scope: created in Allocate, reconciled, deleted.
+
+    async def create_scope(self, req: api.ScopeRequest) -> api.Scope:
+        response = await self._call("POST", "/v1/scopes", req)
+        return _parse(api.Scope.model_validate_json, response.content)
+
+    async def scopes(self) -> list[api.Scope]:
+        return _parse(_SCOPES.validate_json, (await self._call("GET", "/v1/scopes")).content)
+
+    async def delete_scope(self, scope_id: str) -> None:
+        await self._call("DELETE", f"/v1/scopes/{scope_id}")
 
     async def version(self) -> api.VersionInfo:
         return await self._get("/v1/version", api.VersionInfo)

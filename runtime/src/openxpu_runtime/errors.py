@@ -51,6 +51,13 @@ class QuotaExceeded(XpuError):
     status = 409
 
 
+class PermissionDenied(XpuError):
+    """The caller's socket does not grant this: an admin route reached through a scope."""
+
+    code = "permission_denied"
+    status = 403
+
+
 class BadResponse(XpuError):
     """xpud answered something this client cannot read (a daemon of another version)."""
 
@@ -74,6 +81,7 @@ BY_CODE: dict[str, type[XpuError]] = {
         DeviceUnavailable,
         FailedPrecondition,
         QuotaExceeded,
+        PermissionDenied,
     )
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,11 @@ class HostPaths:
     @property
     def socket(self) -> Path:
         return self.run_dir / "xpud.sock"
+
+    @property
+    def scopes_dir(self) -> Path:
+        """One directory per allocation, holding its own socket."""
+        return self.run_dir / "scopes"
 
     @property
     def state_dir(self) -> Path:
@@ -47,6 +53,7 @@ def probe_socket(path: Path | str, timeout: float | None = None) -> None:
         probe.connect(str(path))
 
 
-def default_socket() -> Path:
-    """Where clients find xpud: $XPUD_SOCKET, else the host default."""
-    return Path(os.environ.get(SOCKET_ENV, str(DEFAULT_SOCKET)))
+def default_socket(env: Mapping[str, str] = os.environ) -> Path:
+    """Where clients find xpud: $XPUD_SOCKET (in a container, the socket of its allocation's
+    scope), else the host default (the admin socket)."""
+    return Path(env.get(SOCKET_ENV) or DEFAULT_SOCKET)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from openxpu_runtime.device import Device, DeviceState
 
@@ -41,6 +41,16 @@ class ContextState(TypedDict):
     devices: list[str]
     memory_limits: dict[str, int]
     allocations: dict[str, AllocationState]
+    scope: NotRequired[str | None]  # absent in state saved before scopes existed
+
+
+class ScopeState(TypedDict):
+    id: str
+    created_at: float
+    device_ids: list[str]
+    devices: list[str]
+    memory_limits: dict[str, int]
+    labels: dict[str, str]
 
 
 class NodeState(TypedDict):
@@ -50,6 +60,7 @@ class NodeState(TypedDict):
     driver_version: str
     devices: list[DeviceState]
     contexts: list[ContextState]
+    scopes: NotRequired[list[ScopeState]]
 
 
 class CorruptStateError(Exception):
@@ -69,6 +80,7 @@ class ClientContext:
     devices: list[int]
     limits: dict[int, int]
     allocations: dict[str, tuple[int, int]] = field(default_factory=dict)
+    scope: str | None = None  # the allocation it was opened through; None: the admin socket
 
     def used_on(self, index: int) -> int:
         return sum(size for dev, size in self.allocations.values() if dev == index)
@@ -85,6 +97,30 @@ class ClientContext:
             allocations={
                 h: {"device": devices[i].uuid, "size": s} for h, (i, s) in self.allocations.items()
             },
+            scope=self.scope,
+        )
+
+
+@dataclass
+class Scope:
+    """One allocation's view of the node: the devices a container was given (host indices,
+    in the order it sees them) and, for shared replicas, the memory it may hold on each."""
+
+    id: str
+    created_at: float
+    device_ids: list[str]  # as the device plugin allocated them: what it reconciles on
+    devices: list[int]
+    limits: dict[int, int]
+    labels: dict[str, str]
+
+    def to_state(self, devices: list[Device]) -> ScopeState:
+        return ScopeState(
+            id=self.id,
+            created_at=self.created_at,
+            device_ids=list(self.device_ids),
+            devices=[devices[i].uuid for i in self.devices],
+            memory_limits={devices[i].uuid: n for i, n in self.limits.items()},
+            labels=dict(self.labels),
         )
 
 
@@ -97,6 +133,7 @@ def snapshot_state(
     driver_version: str,
     devices: list[Device],
     contexts: Iterable[ClientContext],
+    scopes: Iterable[Scope] = (),
 ) -> NodeState:
     return NodeState(
         schema=SCHEMA,
@@ -105,7 +142,24 @@ def snapshot_state(
         driver_version=driver_version,
         devices=[d.to_state() for d in devices],
         contexts=[c.to_state(devices) for c in contexts],
+        scopes=[s.to_state(devices) for s in scopes],
     )
+
+
+def restore_scopes(saved: NodeState, devices: list[Device]) -> dict[str, Scope]:
+    """The saved scopes; one that lost a device to a changed profile keeps the rest."""
+    by_uuid = {d.uuid: d for d in devices}
+    return {
+        s["id"]: Scope(
+            id=s["id"],
+            created_at=s["created_at"],
+            device_ids=s["device_ids"],
+            devices=[by_uuid[u].index for u in s["devices"] if u in by_uuid],
+            limits={by_uuid[u].index: n for u, n in s["memory_limits"].items() if u in by_uuid},
+            labels=s["labels"],
+        )
+        for s in saved.get("scopes", [])
+    }
 
 
 def restore_state(
@@ -130,6 +184,7 @@ def restore_state(
             last_seen=now,  # a restart grants every lease a fresh term
             devices=[by_uuid[u].index for u in c["devices"] if u in by_uuid],
             limits={by_uuid[u].index: n for u, n in c["memory_limits"].items() if u in by_uuid},
+            scope=c.get("scope"),
         )
         for handle, a in c["allocations"].items():
             if a["device"] in by_uuid:
@@ -168,6 +223,14 @@ _CONTEXT_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "memory_limits": dict,
     "allocations": dict,
 }
+_SCOPE_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "created_at": (int, float),
+    "device_ids": list,
+    "devices": list,
+    "memory_limits": dict,
+    "labels": dict,
+}
 _RECORD_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "context": {"context": dict},
     "close": {"id": str},
@@ -175,6 +238,8 @@ _RECORD_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "free": {"context": str, "handle": str},
     "device": {"device": dict},
     "energy": {"energy": dict},
+    "scope": {"scope": dict},
+    "unscope": {"id": str},
 }
 
 
@@ -194,6 +259,10 @@ def validate(data: Any) -> NodeState:
         _check(dev, _DEVICE_REQUIRED, f"devices[{i}]")
     for i, ctx in enumerate(data["contexts"]):
         _check(ctx, _CONTEXT_REQUIRED, f"contexts[{i}]")
+    if not isinstance(data.setdefault("scopes", []), list):
+        raise CorruptStateError("state: field 'scopes' has the wrong type")
+    for i, scope in enumerate(data["scopes"]):
+        _check(scope, _SCOPE_REQUIRED, f"scopes[{i}]")
     state: NodeState = data
     return state
 
@@ -210,6 +279,7 @@ def _apply(state: NodeState, record: Any, where: str) -> None:
         raise CorruptStateError(f"{where}: not a journal record")
     _check(record, _RECORD_REQUIRED[op], where)
     contexts = {c["id"]: c for c in state["contexts"]}
+    scopes = {s["id"]: s for s in state.get("scopes", [])}
     if op == "context":
         _check(record["context"], _CONTEXT_REQUIRED, where)
         contexts[record["context"]["id"]] = record["context"]
@@ -224,11 +294,17 @@ def _apply(state: NodeState, record: Any, where: str) -> None:
     elif op == "device":
         _check(record["device"], _DEVICE_REQUIRED, where)
         _replace_device(state, record["device"])
+    elif op == "scope":
+        _check(record["scope"], _SCOPE_REQUIRED, where)
+        scopes[record["scope"]["id"]] = record["scope"]
+    elif op == "unscope":
+        scopes.pop(record["id"], None)
     elif op == "energy":
         for dev in state["devices"]:
             if isinstance(joules := record["energy"].get(dev["uuid"]), int | float):
                 dev["energy_joules"] = max(dev["energy_joules"], joules)
     state["contexts"] = list(contexts.values())
+    state["scopes"] = list(scopes.values())
 
 
 def _replace_device(state: NodeState, new: DeviceState) -> None:

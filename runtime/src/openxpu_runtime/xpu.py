@@ -1,8 +1,11 @@
 """The workload API: what a program in a container uses, shaped like the CUDA runtime.
 
-A session sees only the devices in `XPU_VISIBLE_DEVICES` (UUIDs or host indices, as the
-device plugin sets it), renumbered from 0 like CUDA does, and is held to the per-device
-memory caps in `XPU_MEMORY_LIMIT_<i>`.
+In a container, `XPUD_SOCKET` is the socket of the container's scope: xpud shows it only
+the devices it was given, numbered from 0, and holds it to their memory limits whatever
+this library sends. On the host (root, the admin socket) the whole node is visible.
+Either way, a session uses the devices in `XPU_VISIBLE_DEVICES` (UUIDs or indices as that
+socket numbers them), renumbered from 0 like CUDA does, and caps itself further to
+`XPU_MEMORY_LIMIT_<i>`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from openxpu_runtime import api
 from openxpu_runtime.client import XpudClient
 from openxpu_runtime.errors import InvalidArgument, NotFound, XpuError
+from openxpu_runtime.paths import default_socket
 
 VISIBLE_ENV = "XPU_VISIBLE_DEVICES"
 LIMIT_ENV_PREFIX = "XPU_MEMORY_LIMIT_"
@@ -93,7 +97,7 @@ class XpuSession:
         env: Mapping[str, str] = os.environ,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
-        self._client = XpudClient(socket)
+        self._client = XpudClient(socket or default_socket(env))
         self._context: api.Context | None = None
         try:
             self._open(name, env, lease_seconds)
@@ -173,7 +177,8 @@ class XpuSession:
         return self._device(device)
 
     def mem_get_info(self, device: int = 0) -> tuple[int, int]:
-        """(free, total) bytes as this process may use them: its cap, if it has one."""
+        """(free, total) bytes as this process may use them: its cap or its allocation's
+        (a scope reads a shared replica's slice as the device's memory), the lower."""
         info = self._device(device)
         reading = self._client.device(info.uuid)
         limit = self.limits.get(device)
@@ -182,7 +187,7 @@ class XpuSession:
         used = next(
             (p.memory_used_bytes for p in reading.processes if p.context_id == self.context_id), 0
         )
-        return min(limit - used, reading.memory_free_bytes), limit
+        return min(limit - used, reading.memory_free_bytes), min(limit, reading.memory_total_bytes)
 
     def malloc(self, size: int, device: int = 0) -> Buffer:
         alloc = self._client.allocate(self.context_id, self._device(device).uuid, size)

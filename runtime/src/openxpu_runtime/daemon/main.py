@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 import openxpu_runtime
 from openxpu_runtime import __version__
 from openxpu_runtime.clock import Clock, ManualClock, SystemClock
 from openxpu_runtime.daemon import devnodes
-from openxpu_runtime.daemon.app import create_app
+from openxpu_runtime.daemon.app import create_app, create_workload_app
+from openxpu_runtime.daemon.scopes import ScopeListeners, bind_unix
 from openxpu_runtime.engine import Engine, Limits
 from openxpu_runtime.errors import CommandLineParser
 from openxpu_runtime.paths import HostPaths, probe_socket
@@ -36,9 +38,9 @@ log = logging.getLogger("xpud")
 PERSIST_EVERY_SECONDS = 15.0
 LOCK_FILE = "xpud.lock"
 PID_FILE = "xpud.pid"
-# Workloads in containers reach xpud through this socket under their own uids; which uids
-# may is the isolation issue's decision (it would be 0660 with a group for them).
-DEFAULT_SOCKET_MODE = 0o666
+# The admin socket: root only. Workloads never get it; each allocation gets its own scope
+# socket (daemon/scopes.py).
+DEFAULT_SOCKET_MODE = 0o600
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
@@ -48,9 +50,25 @@ class StartupError(Exception):
 
 
 class XpudServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_exit: Callable[[], None],
+        scopes: ScopeListeners,
+        workload_app: FastAPI,
+    ) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._scopes = scopes
+        self._workload_app = workload_app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        await self._scopes.attach(self, self._workload_app)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._scopes.stop()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
         # Not super(): uvicorn re-raises the signal after serving, which would kill xpud
@@ -111,6 +129,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_file_mode,
         default=DEFAULT_SOCKET_MODE,
         help=f"permissions of the API socket, octal (default {DEFAULT_SOCKET_MODE:o})",
+    )
+    p.add_argument(
+        "--scopes-dir",
+        type=Path,
+        help="where each allocation's socket directory goes (default ROOT/run/openxpu/scopes)",
     )
     p.add_argument("--state-dir", type=Path, help="default ROOT/var/lib/openxpu")
     p.add_argument("--device-dir", type=Path, help="where /dev/xpuN nodes go (default ROOT/dev)")
@@ -174,6 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     paths = HostPaths(args.root)
     args.socket = args.socket or paths.socket
+    args.scopes_dir = args.scopes_dir or paths.scopes_dir
     args.state_dir = args.state_dir or paths.state_dir
     args.device_dir = args.device_dir or paths.device_dir
     return args
@@ -214,19 +238,10 @@ def listen(path: Path, mode: int) -> socket.socket:
         raise StartupError(f"another xpud is serving {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)  # stale: nothing answered on it above
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        # Bound with mode 0600 and widened after: never more open than asked, not even briefly.
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, mode)
+        return bind_unix(path, mode)
     except OSError as exc:
-        sock.close()
         raise StartupError(f"cannot listen on {path}: {exc}") from None
-    return sock
 
 
 def remove_if_ours(path: Path, inode: int) -> None:
@@ -252,8 +267,11 @@ async def tick_loop(engine: Engine, interval: float) -> None:
             since_persist = 0.0
 
 
-async def serve(engine: Engine, sock: socket.socket, tick: float, log_level: str) -> None:
-    app = create_app(engine)
+async def serve(
+    engine: Engine, sock: socket.socket, scopes: ScopeListeners, tick: float, log_level: str
+) -> None:
+    app = create_app(engine, scopes)
+    workload_app = create_workload_app(engine, app)
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -261,7 +279,12 @@ async def serve(engine: Engine, sock: socket.socket, tick: float, log_level: str
         lifespan="off",
         timeout_graceful_shutdown=2,
     )
-    server = XpudServer(config, on_exit=app.state.streams.close_all)
+
+    def end_streams() -> None:
+        app.state.streams.close_all()
+        workload_app.state.streams.close_all()
+
+    server = XpudServer(config, end_streams, scopes, workload_app)
     ticker = None
     if not isinstance(engine.clock, ManualClock):
         ticker = asyncio.create_task(tick_loop(engine, tick))
@@ -278,7 +301,7 @@ async def serve(engine: Engine, sock: socket.socket, tick: float, log_level: str
             engine.store.checkpoint()
 
 
-def start(args: argparse.Namespace) -> tuple[Engine, socket.socket]:
+def start(args: argparse.Namespace) -> tuple[Engine, socket.socket, ScopeListeners]:
     """Everything before serving, in the one order that is safe: the lock first."""
     lock_state_dir(args.state_dir)  # held until exit: the fd is never closed
     store = StateStore(args.state_dir / "state.json")
@@ -315,6 +338,12 @@ def start(args: argparse.Namespace) -> tuple[Engine, socket.socket]:
     )
     devnodes.create(args.device_dir, profile.count, args.device_nodes)
     sock = listen(args.socket, args.socket_mode)
+    scopes = ScopeListeners(args.scopes_dir)
+    for scope_id in engine.scopes:  # kept across the restart: their containers still run
+        try:
+            scopes.bind(scope_id)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {scopes.path(scope_id)}: {exc}") from None
     pidfile = args.socket.parent / PID_FILE
     pidfile.write_text(str(os.getpid()))
     log.info(
@@ -327,20 +356,20 @@ def start(args: argparse.Namespace) -> tuple[Engine, socket.socket]:
         engine.driver_version,
         args.socket,
     )
-    return engine, sock
+    return engine, sock, scopes
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # a bad command line: one line, exit 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s xpud %(message)s")
     try:
-        engine, sock = start(args)
+        engine, sock, scopes = start(args)
     except (StartupError, ProfileError, CorruptStateError, OSError) as exc:
         print(f"xpud: {exc}", file=sys.stderr)
         return 2
     inode = args.socket.stat().st_ino
     try:
-        asyncio.run(serve(engine, sock, args.tick, args.log_level))
+        asyncio.run(serve(engine, sock, scopes, args.tick, args.log_level))
     finally:
         # Leave nothing a client or the installer could mistake for a live daemon.
         remove_if_ours(args.socket, inode)
