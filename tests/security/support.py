@@ -10,13 +10,22 @@ from typing import Any
 
 import yaml
 
+from openxpu_lab import gobuild, paths
 from openxpu_lab.envtest import ApiServer
 from openxpu_lab.gobuild import kubectl_path
+from openxpu_lab.progress import Progress
 from openxpu_operator.policy import load_policy
 from openxpu_operator.render import RenderContext, render_operands
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_STACK = ROOT / "demo" / "stack"
+CHART = ROOT / "helm" / "openxpu"
+# Every ServiceAccount the chart can make: the optional hooks and the monitoring rules on.
+CHART_ALL_ACCOUNTS = (
+    "--set=crds.upgrade=true",
+    "--set=crds.deleteOnUninstall=true",
+    "--set=exporter.serviceMonitor.enabled=true",
+)
 NS = "openxpu"
 
 Doc = dict[str, Any]
@@ -35,6 +44,15 @@ def demo_stack() -> list[Doc]:
     return [
         d for f in sorted(DEMO_STACK.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d
     ]
+
+
+def helm_chart() -> list[Doc]:
+    """The chart as `helm template` renders it (helm built by the lab from its Go module)."""
+    gobuild.ensure(gobuild.helm_tool(), Progress(quiet=True))
+    argv = [str(paths.helm_bin_dir() / "helm"), "template", "openxpu", str(CHART)]
+    argv += ["--namespace", NS, *CHART_ALL_ACCOUNTS]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=240)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def kubectl(
