@@ -12,6 +12,7 @@ of the expectation, reviewed by hand; `OPENXPU_UPDATE_EXPECTED=1` rewrites the f
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -82,14 +83,7 @@ def _can_i(api: ApiServer, account: str, namespace: str) -> set[str]:
 
 def _bracketed(text: str) -> list[str]:
     """The three `[...]` columns of a can-i row (names and verbs may hold spaces)."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth, start = depth + 1, i if depth == 0 else start
-        elif ch == "]":
-            depth -= 1
-            if depth == 0:
-                parts.append(text[start : i + 1])
+    parts = re.findall(r"\[[^\]]*\]", text)
     assert len(parts) == 3, f"unexpected can-i row: {text!r}"
     return parts
 
