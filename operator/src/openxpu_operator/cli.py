@@ -74,6 +74,9 @@ def _run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per API request or per node event would drown what matters.
+    for noisy in ("httpx", "kopf.objects"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     options = RunOptions(
         settings=Settings(
             namespace=args.namespace,

@@ -66,7 +66,14 @@ async def policy_changed(memo: kopf.Memo, **_: Any) -> None:
     await _controller(memo).sync()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS,
+    backoff=RETRY_SECONDS,
+)
 async def resync(memo: kopf.Memo, **_: Any) -> None:
     await _controller(memo).sync()
 

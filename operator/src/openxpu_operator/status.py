@@ -209,7 +209,10 @@ def operand_status(
                 continue
             d, r, u, seen = _daemonset_counts(live)
             desired, ready, updated = desired + d, ready + r, updated + u
-            if not seen or r < d:
+            if not seen:
+                message = f"DaemonSet {name}: the DaemonSet controller has not rolled it out yet"
+                pending.append(Problem(ROLLING_OUT, message))
+            elif r < d:
                 pending.append(Problem(ROLLING_OUT, f"DaemonSet {name}: {r}/{d} pods ready"))
             elif d == 0:
                 pending.append(Problem(NO_NODES_SELECTED, f"DaemonSet {name} selects no node yet"))
@@ -238,9 +241,14 @@ def operand_status(
     first = _first(problems) if (pending or problems) else None
     if first is None and pending:
         first = pending[0]
-    status = OperandStatus(name=operand.name, desired=desired, ready=ready, updated=updated)
-    if first is not None:
-        status.reason, status.message = first.reason, first.message
+    status = OperandStatus(
+        name=operand.name,
+        desired=desired,
+        ready=ready,
+        updated=updated,
+        reason=first.reason if first else "",
+        message=first.message if first else "",
+    )
     return status, by_node
 
 
@@ -251,28 +259,28 @@ def _pods_of(operand: str, pods: Sequence[JSON]) -> list[JSON]:
 # -- conditions ----------------------------------------------------------------------------
 
 
-def _carry_time(cond: Condition, previous: Sequence[Mapping[str, Any]], now: str) -> Condition:
+def _transition_time(
+    kind: str, status: ConditionStatus, previous: Sequence[Mapping[str, Any]], now: str
+) -> str:
     """lastTransitionTime moves only when the status does."""
-    before = next((c for c in previous if c.get("type") == cond.type), None)
-    if before is not None and before.get("status") == cond.status.value:
-        cond.last_transition_time = before.get("lastTransitionTime") or now
-    else:
-        cond.last_transition_time = now
-    return cond
+    before = next((c for c in previous if c.get("type") == kind), None)
+    if before is not None and before.get("status") == status.value:
+        return str(before.get("lastTransitionTime") or now)
+    return now
 
 
 def _cond(
     kind: str, ok: bool, reason: str, message: str, obs: Observation, *, positive: bool = True
 ) -> Condition:
     status = ConditionStatus.TRUE if ok == positive else ConditionStatus.FALSE
-    cond = Condition(
+    return Condition(
         type=kind,
         status=status,
         reason=reason,
         message=message,
         observed_generation=obs.generation,
+        last_transition_time=_transition_time(kind, status, obs.previous, obs.now),
     )
-    return _carry_time(cond, obs.previous, obs.now)
 
 
 def _nodes_summary(
