@@ -107,7 +107,12 @@ def _is_cleanup(pod: dict[str, Any]) -> bool:
     return component == "cleanup"
 
 
-async def remove_cleanup_pods(kube: Kube, namespace: str, policy: str) -> None:
+async def remove_cleanup_pods(
+    kube: Kube, namespace: str, policy: str, *, force: bool = False
+) -> None:
+    """Delete the policy's cleanup pods; `force` when giving up on them (their node's
+    kubelet may never confirm a graceful deletion)."""
     selector = f"{CLEANUP_COMPONENT},{POLICY_LABEL}={policy}"
     for pod in await kube.pods(namespace, selector):
-        await kube.delete(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}")
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}"
+        await kube.delete(path, force=force)

@@ -218,7 +218,7 @@ class Controller:
                 await self.kube.event(
                     body, EVENTS_NAMESPACE, "Warning", "CleanupIncomplete", message
                 )
-                await remove_cleanup_pods(self.kube, self.settings.namespace, name)
+                await remove_cleanup_pods(self.kube, self.settings.namespace, name, force=True)
                 progress = Progress(True, progress.waiting_for, progress.unclean_nodes)
             if progress.done:
                 metrics.forget_policy(name)

@@ -171,9 +171,12 @@ class Kube:
         assert data is not None
         return data
 
-    async def delete(self, path: str) -> bool:
-        """Delete in the background (dependents too); False when it was gone already."""
+    async def delete(self, path: str, *, force: bool = False) -> bool:
+        """Delete in the background (dependents too); False when it was gone already.
+        `force` skips the grace period: for a pod whose kubelet will never confirm."""
         params = {"propagationPolicy": "Background"}
+        if force:
+            params["gracePeriodSeconds"] = "0"
         return await self._call("DELETE", path, params=params, missing_ok=True) is not None
 
     async def delete_object(self, obj: Mapping[str, Any]) -> bool:
