@@ -8,16 +8,21 @@ of an uninstall never finish (the finalizer gives up after its timeout and says 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from conftest import needs_etcd
 from operator_process import (
     CLEANUP_TIMEOUT,
     LEASE_SECONDS,
     NAMESPACE,
+    OPERATOR,
     POLICIES,
     Env,
     environment,
@@ -253,3 +258,47 @@ def test_two_replicas_never_act_at_once(env: Env, tmp_path: Path) -> None:
             lambda: env.policy("led")["status"]["observedGeneration"] == 2,  # type: ignore[index]
         )
         env.delete_policy_and_wait("led", CLEANUP_TIMEOUT + 30)
+
+
+def test_diagnose_explains_and_bundles(env: Env, tmp_path: Path) -> None:
+    with operator(env, tmp_path):
+        env.create_policy("diag", {})
+        wait_until(
+            "reconciled", lambda: env.condition("diag", "Ready").get("reason") == "OperandNotReady"
+        )
+        bundle = tmp_path / "bundle.tar.gz"
+        result = subprocess.run(
+            [str(OPERATOR), "diagnose", "--bundle", str(bundle)],
+            env={**os.environ, "KUBECONFIG": str(env.api.kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        ready = env.condition("diag", "Ready")
+        assert "policy diag: state notReady, operands 0/7, XPU nodes ready 0/1" in result.stdout
+        assert f"Ready=False OperandNotReady: {ready['message']}" in result.stdout
+        assert "node xpu-a not ready: PodMissing" in result.stdout
+        with tarfile.open(bundle) as tar:
+            names = set(tar.getnames())
+            assert {"policies.yaml", "operands.yaml", "pods.yaml", "node-labels.yaml"} <= names
+            labels = yaml.safe_load(tar.extractfile("node-labels.yaml").read())  # type: ignore[union-attr]
+            operands = list(yaml.safe_load_all(tar.extractfile("operands.yaml").read()))  # type: ignore[union-attr]
+        assert labels["xpu-a"]["openxpu.io/xpu.present"] == "true"
+        assert "openxpu-driver-x1-2" in {o["metadata"]["name"] for o in operands}
+        env.delete_policy_and_wait("diag", CLEANUP_TIMEOUT + 30)
+
+
+def test_diagnose_without_a_cluster_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("current-context: nowhere\ncontexts: []\n")
+    result = subprocess.run(
+        [str(OPERATOR), "diagnose", "--bundle", str(tmp_path / "b.tgz")],
+        env={**os.environ, "KUBECONFIG": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot gather from the cluster")
+    assert "Traceback" not in result.stderr
