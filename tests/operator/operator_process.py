@@ -170,7 +170,7 @@ def environment() -> Iterator[Env]:
 class Operator:
     """One `openxpu-operator run` process."""
 
-    def __init__(self, env: Env, identity: str, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, identity: str, log: Path) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.log = log
@@ -194,7 +194,7 @@ class Operator:
                 "--liveness-port",
                 str(self.liveness_port),
             ],
-            env={**os.environ, "KUBECONFIG": str(env.kubeconfig)},
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
             stdout=self.sink,
             stderr=subprocess.STDOUT,
         )
@@ -219,7 +219,13 @@ class Operator:
 
 @contextmanager
 def operator(env: Env, tmp: Path, identity: str = "replica-a") -> Iterator[Operator]:
-    op = Operator(env, identity, tmp / f"{identity}.log")
+    with running(env.kubeconfig, tmp, identity) as op:
+        yield op
+
+
+@contextmanager
+def running(kubeconfig: Path, tmp: Path, identity: str = "replica-a") -> Iterator[Operator]:
+    op = Operator(kubeconfig, identity, tmp / f"{identity}.log")
     try:
         yield op
     finally:

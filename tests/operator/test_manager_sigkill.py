@@ -92,7 +92,7 @@ def test_sigkill_at_random_points_converges(tmp_path: Path) -> None:
         env.create_policy("k", SPEC)
         delays = []
         for i in range(KILLS):
-            op = Operator(env, "replica-a", tmp_path / "operator.log")
+            op = Operator(env.kubeconfig, "replica-a", tmp_path / "operator.log")
             if i % 3 == 1:  # change the spec under the operator's feet, now and then
                 enabled = i % 2 == 0
                 env.http.patch(
@@ -132,7 +132,7 @@ def test_sigkill_at_random_points_converges(tmp_path: Path) -> None:
         # Uninstall, killed too.
         env.http.delete(f"{POLICIES}/k")
         for _ in range(3):
-            op = Operator(env, "replica-a", tmp_path / "operator.log")
+            op = Operator(env.kubeconfig, "replica-a", tmp_path / "operator.log")
             _kill_after(op, rng)
         with operator(env, tmp_path, "replica-a"):
             wait_until("the policy gone", lambda: env.policy("k") is None, CLEANUP_TIMEOUT + 60)
