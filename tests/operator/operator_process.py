@@ -170,7 +170,9 @@ def environment() -> Iterator[Env]:
 class Operator:
     """One `openxpu-operator run` process."""
 
-    def __init__(self, kubeconfig: Path, identity: str, log: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, identity: str, log: Path, cleanup_timeout: float = CLEANUP_TIMEOUT
+    ) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.log = log
@@ -182,7 +184,7 @@ class Operator:
                 "--resync-seconds",
                 str(RESYNC_SECONDS),
                 "--cleanup-timeout",
-                str(CLEANUP_TIMEOUT),
+                str(cleanup_timeout),
                 "--lease-seconds",
                 str(LEASE_SECONDS),
                 "--identity",
@@ -224,8 +226,13 @@ def operator(env: Env, tmp: Path, identity: str = "replica-a") -> Iterator[Opera
 
 
 @contextmanager
-def running(kubeconfig: Path, tmp: Path, identity: str = "replica-a") -> Iterator[Operator]:
-    op = Operator(kubeconfig, identity, tmp / f"{identity}.log")
+def running(
+    kubeconfig: Path,
+    tmp: Path,
+    identity: str = "replica-a",
+    cleanup_timeout: float = CLEANUP_TIMEOUT,
+) -> Iterator[Operator]:
+    op = Operator(kubeconfig, identity, tmp / f"{identity}.log", cleanup_timeout)
     try:
         yield op
     finally:

@@ -30,6 +30,7 @@ SPEC: dict[str, Any] = {
     },
     "exporter": {"dcgmCompat": True},
 }
+CLEANUP_TIMEOUT = 180
 HOST_FILES = ("/opt/openxpu/driver", "/run/openxpu", "/var/run/cdi/openxpu.io-xpu.yaml")
 
 
@@ -75,7 +76,8 @@ def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabClus
     lab.kubectl("create", "namespace", NAMESPACE, check=False)
     lab.kubectl("apply", "-f", str(RBAC_PATH))
     kubeconfig = _operator_kubeconfig(lab, tmp_path / "operator.kubeconfig")
-    with running(kubeconfig, tmp_path):
+    # A real kubelet takes its time to stop pods (grace periods) and run the cleanup pod.
+    with running(kubeconfig, tmp_path, cleanup_timeout=CLEANUP_TIMEOUT):
         try:
             yield lab
         finally:
@@ -127,7 +129,11 @@ def test_policy_to_ready_and_back_to_nothing(operator_on_lab: LabCluster) -> Non
 
     # Delete: nothing left.
     assert glob.glob("/dev/xpu[0-9]*")
-    lab.kubectl("delete", "xcp", "e2e", "--timeout=240s", timeout=260)
+    lab.kubectl(
+        "delete", "xcp", "e2e", f"--timeout={CLEANUP_TIMEOUT + 60}s", timeout=CLEANUP_TIMEOUT + 80
+    )
+    events = lab.kubectl("get", "events", "-n", "default", "-o", "json").stdout
+    assert "CleanupIncomplete" not in events
     left = lab.kubectl(
         "get",
         "ds,job,cm,svc,sa,pods",

@@ -84,7 +84,7 @@ async def uninstall_step(
     operand_pods = [p for p in pods if not _is_cleanup(p)]
     if operands or operand_pods:
         left = len(operands) + len(operand_pods)
-        return Progress(False, f"{left} operand objects and pods to go"), former
+        return Progress(False, f"{left} operand objects and pods to go", tuple(former)), former
     existing = {p["metadata"].get("annotations", {}).get(CLEANUP_NODE): p for p in pods}
     unclean = []
     for node in former:
