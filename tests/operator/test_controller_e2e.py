@@ -129,11 +129,13 @@ def test_policy_to_ready_and_back_to_nothing(operator_on_lab: LabCluster) -> Non
 
     # Delete: nothing left.
     assert glob.glob("/dev/xpu[0-9]*")
+    uid = _policy(lab)["metadata"]["uid"]
     lab.kubectl(
         "delete", "xcp", "e2e", f"--timeout={CLEANUP_TIMEOUT + 60}s", timeout=CLEANUP_TIMEOUT + 80
     )
-    events = lab.kubectl("get", "events", "-n", "default", "-o", "json").stdout
-    assert "CleanupIncomplete" not in events
+    events = json.loads(lab.kubectl("get", "events", "-n", "default", "-o", "json").stdout)
+    reasons = [e["reason"] for e in events["items"] if e["involvedObject"].get("uid") == uid]
+    assert "Reconciled" in reasons and "CleanupIncomplete" not in reasons
     left = lab.kubectl(
         "get",
         "ds,job,cm,svc,sa,pods",
