@@ -302,3 +302,51 @@ def test_diagnose_without_a_cluster_is_one_line_and_exit_1(tmp_path: Path) -> No
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot gather from the cluster")
     assert "Traceback" not in result.stderr
+
+
+def test_an_outdated_crd_is_reported_not_ready(env: Env, tmp_path: Path) -> None:
+    crd_path = (
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/xpuclusterpolicies.openxpu.io"
+    )
+    field = (
+        "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/exporter"
+        "/properties/dcgmCompat"
+    )
+    original = env.get(crd_path)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    with operator(env, tmp_path):
+        env.create_policy("old-crd", {})
+        wait_until(
+            "reconciled",
+            lambda: env.condition("old-crd", "Ready").get("reason") == "OperandNotReady",
+        )
+        r = env.http.patch(
+            crd_path,
+            json=[{"op": "remove", "path": field}],
+            headers={"Content-Type": "application/json-patch+json"},
+        )
+        assert r.status_code == 200, r.text
+        try:
+            ready = wait_until(
+                "CRDOutdated",
+                lambda: (
+                    (c := env.condition("old-crd", "Ready")).get("reason") == "CRDOutdated" and c
+                ),
+            )
+            assert "spec.exporter.dcgmCompat" in ready["message"]
+            assert env.condition("old-crd", "Error")["status"] == "True"
+        finally:
+            restore = [
+                {
+                    "op": "replace",
+                    "path": "/spec/versions/0/schema/openAPIV3Schema",
+                    "value": original,
+                }
+            ]
+            env.http.patch(
+                crd_path, json=restore, headers={"Content-Type": "application/json-patch+json"}
+            )
+        wait_until(
+            "back to OperandNotReady",
+            lambda: env.condition("old-crd", "Ready").get("reason") == "OperandNotReady",
+        )
+        env.delete_policy_and_wait("old-crd", CLEANUP_TIMEOUT + 30)
