@@ -112,11 +112,13 @@ def test_removal_takes_every_stack_label_and_nothing_else() -> None:
         PROFILE_LABEL: "x1-8",
         "openxpu.io/xpu.count": "8",  # feature discovery's
         "openxpu.io/xpu.product": "XPU-1",
+        "openxpu.io/driver.version": "0.1.0",  # feature discovery's too
         deploy_label("driver"): "true",
         deploy_label("exporter"): "false",
     }
     assert removal(labels) == dict.fromkeys(
         [
+            "openxpu.io/driver.version",
             PROFILE_LABEL,
             "openxpu.io/xpu.count",
             deploy_label("driver"),

@@ -17,8 +17,9 @@ from openxpu_operator.render import DEPLOY_LABEL_PREFIX, PROFILE_LABEL, deploy_l
 PRESENT_LABEL = "openxpu.io/xpu.present"
 # Written by feature discovery when it finds XPUs: a node with devices is an XPU node.
 COUNT_LABEL = "openxpu.io/xpu.count"
-# Every label under this prefix is the stack's (operator or feature discovery).
+# Every label under these prefixes is the stack's (operator or feature discovery).
 XPU_LABEL_PREFIX = "openxpu.io/xpu."
+STACK_LABEL_PREFIXES = (XPU_LABEL_PREFIX, "openxpu.io/driver.")
 ADMIN_OFF = "false"
 ON = "true"
 
@@ -69,19 +70,19 @@ def desired_labels(
 
 def _from_discovery(key: str) -> bool:
     """Feature discovery's own labels (count, product, ...) stay while the stack runs."""
-    return key.startswith(XPU_LABEL_PREFIX) and not (
+    return key.startswith(STACK_LABEL_PREFIXES) and not (
         key == PRESENT_LABEL or key.startswith(DEPLOY_LABEL_PREFIX)
     )
 
 
 def ours(labels: Mapping[str, str]) -> list[str]:
-    """The labels the stack added to a node: everything under openxpu.io/xpu. and the
-    profile, except a deploy label an admin set to false."""
+    """The labels the stack added to a node: everything under openxpu.io/xpu. and
+    openxpu.io/driver. and the profile, except a deploy label an admin set to false."""
     keys = []
     for key, value in labels.items():
         if key.startswith(DEPLOY_LABEL_PREFIX) and value == ADMIN_OFF:
             continue
-        if key.startswith(XPU_LABEL_PREFIX) or key == PROFILE_LABEL:
+        if key.startswith(STACK_LABEL_PREFIXES) or key == PROFILE_LABEL:
             keys.append(key)
     return sorted(keys)
 
