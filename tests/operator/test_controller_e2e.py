@@ -89,7 +89,9 @@ def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabClus
 def test_policy_to_ready_and_back_to_nothing(operator_on_lab: LabCluster) -> None:
     lab = operator_on_lab
     body = {"apiVersion": "openxpu.io/v1", "kind": "XPUClusterPolicy"}
-    body |= {"metadata": {"name": "e2e"}, "spec": SPEC}
+    # Only the lab's own node: a lab may hold other Node objects (another test's workers).
+    spec = {**SPEC, "nodeSelector": {"kubernetes.io/hostname": lab.node_name}}
+    body |= {"metadata": {"name": "e2e"}, "spec": spec}
     started = time.monotonic()
     lab.kubectl("create", "-f", "-", input_text=json.dumps(body))
     wait_for("Ready/Reconciled", lambda: _ready(lab).get("reason") == "Reconciled", 600)
