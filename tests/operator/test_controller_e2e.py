@@ -81,7 +81,15 @@ def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabClus
         try:
             yield lab
         finally:
-            lab.kubectl("delete", "xcp", "e2e", "--ignore-not-found", "--timeout=180s", check=False)
+            lab.kubectl(
+                "delete",
+                "xcp",
+                "e2e",
+                "--ignore-not-found",
+                f"--timeout={CLEANUP_TIMEOUT + 60}s",
+                check=False,
+                timeout=CLEANUP_TIMEOUT + 80,
+            )
     lab.kubectl("delete", "-f", str(RBAC_PATH), "--ignore-not-found", check=False)
     lab.kubectl("delete", "-f", str(CRD_PATH), "--ignore-not-found", check=False)
 
