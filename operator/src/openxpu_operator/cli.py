@@ -1,4 +1,4 @@
-"""`openxpu-operator`: print the CRD, render operands for a policy (and, later, run).
+"""`openxpu-operator`: print the CRD, render operands for a policy, run the operator, diagnose.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input (usage, an invalid policy file).
 """
@@ -59,6 +59,82 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import os
+
+    from openxpu_operator.controller import Settings
+
+    # kopf declares its timers at import: the interval must be in place before.
+    os.environ["OPENXPU_OPERATOR_RESYNC_SECONDS"] = str(args.resync_seconds)
+    from openxpu_operator.runner import RunOptions, run
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # One line per API request or per node event would drown what matters.
+    for noisy in ("httpx", "kopf.objects"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    options = RunOptions(
+        settings=Settings(
+            namespace=args.namespace,
+            resync_seconds=args.resync_seconds,
+            cleanup_timeout=args.cleanup_timeout,
+        ),
+        lease_name=args.lease_name,
+        lease_seconds=args.lease_seconds,
+        identity=args.identity or "",
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        liveness=f"http://{args.metrics_address}:{args.liveness_port}/healthz"
+        if args.liveness_port
+        else "",
+    )
+    try:
+        return asyncio.run(run(options))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # a clear line, not a traceback: the pod log shows it
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from openxpu_operator.diagnose import explain, gather
+    from openxpu_operator.kube import Kube
+
+    async def collect() -> list[dict[str, object]]:
+        kube = Kube.from_environment()
+        try:
+            return await gather(kube, args.namespace, Path(args.bundle))
+        finally:
+            await kube.close()
+
+    try:
+        policies = asyncio.run(collect())
+    except Exception as exc:
+        print(f"error: cannot gather from the cluster: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not policies:
+        print("no XPUClusterPolicy in the cluster")
+    for policy in policies:
+        print(explain(policy))
+    print(f"debug bundle: {args.bundle}")
+    return EXIT_OK
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="openxpu-operator",
@@ -83,6 +159,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--uid", help="owner uid, when the file has no metadata.uid")
     render.set_defaults(run=_render)
+    run = sub.add_parser("run", help="run the operator (kopf) against the current cluster")
+    run.add_argument("--namespace", default="openxpu", help="operand and Lease namespace")
+    run.add_argument("--resync-seconds", type=_positive, default=60.0, help="periodic resync")
+    run.add_argument(
+        "--cleanup-timeout",
+        type=_positive,
+        default=120.0,
+        help="seconds a policy deletion waits for the per-node cleanup pods before giving up",
+    )
+    run.add_argument("--lease-name", default="openxpu-operator")
+    run.add_argument("--lease-seconds", type=int, default=15)
+    run.add_argument("--identity", help="this replica's Lease identity (default: host-pid)")
+    run.add_argument("--metrics-address", default="0.0.0.0")
+    run.add_argument("--metrics-port", type=int, default=8080, help="/metrics (0: off)")
+    run.add_argument("--liveness-port", type=int, default=8081, help="/healthz (0: off)")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(run=_run)
+    diagnose = sub.add_parser(
+        "diagnose", help="explain each policy's status and write a debug bundle (tar.gz)"
+    )
+    diagnose.add_argument("--namespace", default="openxpu", help="operand namespace")
+    diagnose.add_argument(
+        "--bundle", default="openxpu-debug.tar.gz", help="where to write the bundle"
+    )
+    diagnose.set_defaults(run=_diagnose)
     return p
 
 
