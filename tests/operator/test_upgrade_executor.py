@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import needs_etcd
+from conftest import Cluster, needs_etcd
 
 from openxpu_lab.envtest import ApiServer
 from openxpu_operator.kube import Kube
+from openxpu_operator.metrics import REGISTRY
 from openxpu_operator.nodes import PRESENT_LABEL
 from openxpu_operator.policy import UpgradePolicySpec
 from openxpu_operator.upgrade.executor import REVISION_LABEL, reconcile_upgrades
@@ -49,6 +50,7 @@ class Lab:
         self.team = f"team-{tag}"
         self.tag = tag
         self.ds: dict[str, Any] = {}
+        self.events_on: dict[str, Any] | None = None
 
     def node_name(self, name: str) -> str:
         return f"{name}-{self.tag}"
@@ -206,7 +208,8 @@ class Lab:
         return gone
 
     async def step(self, spec: UpgradePolicySpec, now: float = NOW) -> dict[str, Any]:
-        return (await reconcile_upgrades(self.kube, spec, self.ns, now)).as_status()
+        status = await reconcile_upgrades(self.kube, spec, self.ns, now, events_on=self.events_on)
+        return status.as_status()
 
 
 @pytest.fixture
@@ -228,8 +231,11 @@ def policy(**data: Any) -> UpgradePolicySpec:
 
 
 async def test_a_node_walks_from_upgrade_required_to_done_cordoned_evicted_and_restarted(
-    lab: Lab,
+    lab: Lab, cluster: Cluster
 ) -> None:
+    r = cluster.policy(f"upgrade-{lab.tag}", {})
+    assert r.status_code == 201, r.text
+    lab.events_on = r.json()
     node = await lab.node("a")
     old_driver = await lab.driver_pod(node, "old")
     await lab.workload("burn", node)
@@ -288,6 +294,34 @@ async def test_a_node_walks_from_upgrade_required_to_done_cordoned_evicted_and_r
     assert not got["spec"].get("unschedulable")
     assert INITIAL_UNSCHEDULABLE not in got["metadata"]["annotations"]
     assert status["counts"] == {S.UPGRADE_DONE: 1}
+    assert (
+        REGISTRY.get_sample_value(
+            "openxpu_operator_driver_upgrade_nodes", {"state": "upgrade-done"}
+        )
+        == 1
+    )
+
+    # An Event on the policy for every transition, in order, each with its reason.
+    uid = lab.events_on["metadata"]["uid"]
+    events = [
+        e
+        for e in await lab.kube.list_items("/api/v1/namespaces/default/events")
+        if e["involvedObject"]["uid"] == uid and e["reason"] == "DriverUpgrade"
+    ]
+    events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))  # timestamps: seconds
+    walked = [e["message"].split(": ")[1] for e in events]
+    assert walked == [
+        "none -> upgrade-required",
+        "upgrade-required -> cordon-required",
+        "cordon-required -> wait-for-jobs-required",
+        "wait-for-jobs-required -> pod-deletion-required",
+        "pod-deletion-required -> drain-required",
+        "drain-required -> pod-restart-required",
+        "pod-restart-required -> validation-required",
+        "validation-required -> uncordon-required",
+        "uncordon-required -> upgrade-done",
+    ]
+    assert events[2]["message"].endswith(": cordoned")
 
 
 async def walk_to(lab: Lab, spec: UpgradePolicySpec, node: str, target: State) -> None:

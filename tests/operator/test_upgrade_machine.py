@@ -399,3 +399,9 @@ def test_resume_from_each_state_walks_the_rest_of_the_way(start: State) -> None:
 def test_an_unknown_state_label_starts_afresh() -> None:
     n = node(None, labels={STATE_LABEL: "bogus"})
     assert transition(n, policy(), NOW).state is S.UPGRADE_REQUIRED
+
+
+def test_a_failed_node_relabelled_by_hand_loses_its_failure_on_its_next_step() -> None:
+    retried = node(S.UPGRADE_REQUIRED, annotations={FAILURE: "old reason"})
+    step = transition(retried, policy(), NOW, may_start=True)
+    assert step.state is S.CORDON_REQUIRED and step.annotate[FAILURE] is None

@@ -19,7 +19,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Gauge
+
 from openxpu_operator.kube import NODES, ApiError, Kube
+from openxpu_operator.metrics import REGISTRY
 from openxpu_operator.nodes import PRESENT_LABEL
 from openxpu_operator.policy import UpgradePolicySpec
 from openxpu_operator.upgrade.machine import (
@@ -35,8 +38,15 @@ from openxpu_operator.upgrade.machine import (
 from openxpu_operator.upgrade.planner import plan
 
 JSON = dict[str, Any]
-DRIVER_SELECTOR = "app.kubernetes.io/name=openxpu-driver"
+NODES_BY_STATE = Gauge(
+    "openxpu_operator_driver_upgrade_nodes",
+    "XPU nodes per driver upgrade state (in progress, done, failed, ...).",
+    ["state"],
+    registry=REGISTRY,
+)
 REVISION_LABEL = "controller-revision-hash"
+# Events about the cluster-scoped policy go where the controller puts its own.
+EVENTS_NAMESPACE = "default"
 
 
 def _requests_xpu(pod: Mapping[str, Any]) -> bool:
@@ -212,11 +222,17 @@ async def apply_step(kube: Kube, node: NodeView, step: Step) -> None:
 
 
 async def reconcile_upgrades(
-    kube: Kube, policy: UpgradePolicySpec, namespace: str, now: float | None = None
+    kube: Kube,
+    policy: UpgradePolicySpec,
+    namespace: str,
+    now: float | None = None,
+    *,
+    events_on: Mapping[str, Any] | None = None,
 ) -> UpgradeStatus:
     """One pass of the driver upgrade over every XPU node: the function a controller timer
     calls. Safe to call from a fresh instance at any time; callers must make sure only one
-    replica calls it at once (the operator's Lease)."""
+    replica calls it at once (the operator's Lease). `events_on` (the policy object) gets
+    an Event for every node transition."""
     now = time.time() if now is None else now
     apps = f"/apis/apps/v1/namespaces/{namespace}"
     daemonsets = await kube.list_items(f"{apps}/daemonsets", "app.kubernetes.io/component=driver")
@@ -232,4 +248,12 @@ async def reconcile_upgrades(
         step = result.steps[node.name]
         await apply_step(kube, node, step)
         status.nodes[node.name] = NodeReport(step.state.value if step.state else "", step.reason)
+        if events_on is not None and step.state is not None and step.state != node.state:
+            was = node.state.value if node.state else "none"
+            kind = "Warning" if step.state is State.UPGRADE_FAILED else "Normal"
+            message = f"node {node.name}: {was} -> {step.state.value}: {step.reason}"
+            await kube.event(events_on, EVENTS_NAMESPACE, kind, "DriverUpgrade", message)
+    counts = status.counts()
+    for state in State:
+        NODES_BY_STATE.labels(state.value).set(counts.get(state.value, 0))
     return status

@@ -365,7 +365,7 @@ def transition(
     if step.state == node.state:
         return step
     annotate: dict[str, str | None] = {STATE_ENTERED_AT: stamp(now), LAST_ERROR: None}
-    if node.state is State.UPGRADE_FAILED:
-        annotate[FAILURE] = None
+    if FAILURE in node.annotations:
+        annotate[FAILURE] = None  # also when a person relabels a failed node to retry
     annotate.update(step.annotate)
     return Step(step.state, step.reason, step.cordon, step.evict, step.delete, annotate)
