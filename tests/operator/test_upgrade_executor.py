@@ -302,14 +302,8 @@ async def test_a_node_walks_from_upgrade_required_to_done_cordoned_evicted_and_r
     )
 
     # An Event on the policy for every transition, in order, each with its reason.
-    uid = lab.events_on["metadata"]["uid"]
-    events = [
-        e
-        for e in await lab.kube.list_items("/api/v1/namespaces/default/events")
-        if e["involvedObject"]["uid"] == uid and e["reason"] == "DriverUpgrade"
-    ]
-    events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))  # timestamps: seconds
-    walked = [e["message"].split(": ")[1] for e in events]
+    messages = await events(lab, "DriverUpgrade")
+    walked = [m.split(": ")[1] for m in messages]
     assert walked == [
         "none -> upgrade-required",
         "upgrade-required -> cordon-required",
@@ -321,7 +315,20 @@ async def test_a_node_walks_from_upgrade_required_to_done_cordoned_evicted_and_r
         "validation-required -> uncordon-required",
         "uncordon-required -> upgrade-done",
     ]
-    assert events[2]["message"].endswith(": cordoned")
+    assert messages[2].endswith(": cordoned")
+
+
+async def events(lab: Lab, reason: str) -> list[str]:
+    """Messages of the Events with `reason` on this test's policy, oldest first."""
+    assert lab.events_on is not None
+    uid = lab.events_on["metadata"]["uid"]
+    found = [
+        e
+        for e in await lab.kube.list_items("/api/v1/namespaces/default/events")
+        if e["involvedObject"]["uid"] == uid and e["reason"] == reason
+    ]
+    found.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))  # timestamps: seconds
+    return [e["message"] for e in found]
 
 
 async def walk_to(lab: Lab, spec: UpgradePolicySpec, node: str, target: State) -> None:
@@ -383,8 +390,11 @@ async def test_a_fresh_executor_mid_walk_continues_from_the_labels(
 
 
 async def test_a_pdb_blocking_eviction_past_the_timeout_fails_the_node_without_forcing(
-    lab: Lab,
+    lab: Lab, cluster: Cluster
 ) -> None:
+    r = cluster.policy(f"upgrade-{lab.tag}", {})
+    assert r.status_code == 201, r.text
+    lab.events_on = r.json()
     node = await lab.node("pdb")
     await lab.driver_pod(node, "old")
     await lab.workload("burn", node, app="burn")
@@ -397,7 +407,7 @@ async def test_a_pdb_blocking_eviction_past_the_timeout_fails_the_node_without_f
         },
     )
     await lab.revision(2, "new")
-    spec = policy(podDeletion={"timeoutSeconds": 30})
+    spec = policy(podDeletion={"timeoutSeconds": 700})
     await walk_to(lab, spec, node, S.POD_DELETION_REQUIRED)
     entered = (await lab.get_node(node))["metadata"]["annotations"][STATE_ENTERED_AT]
     assert entered == stamp(NOW)
@@ -410,10 +420,16 @@ async def test_a_pdb_blocking_eviction_past_the_timeout_fails_the_node_without_f
     status = await lab.step(spec, NOW + 20)
     assert "disruption budget" in status["nodes"][node]["reason"]
 
-    status = await lab.step(spec, NOW + 31)
+    # Waiting past the threshold: one Warning naming the node and what blocks it.
+    await lab.step(spec, NOW + 601)
+    await lab.step(spec, NOW + 602)
+    slow = await events(lab, "DriverUpgradeSlow")
+    assert len(slow) == 1 and node in slow[0] and "disruption budget" in slow[0], slow
+
+    status = await lab.step(spec, NOW + 701)
     assert await lab.state(node) == S.UPGRADE_FAILED
     notes = (await lab.get_node(node))["metadata"]["annotations"]
-    assert "after 30 s" in notes[FAILURE] and "disruption budget" in notes[FAILURE]
+    assert "after 700 s" in notes[FAILURE] and "disruption budget" in notes[FAILURE]
     assert status["nodes"][node]["state"] == S.UPGRADE_FAILED
     # Never forced: the workload pod is still there, not even marked for deletion.
     (burn,) = await lab.pods(lab.team)
@@ -421,3 +437,5 @@ async def test_a_pdb_blocking_eviction_past_the_timeout_fails_the_node_without_f
     # The node stays cordoned and failed on later passes.
     await lab.step(spec, NOW + 100)
     assert await lab.state(node) == S.UPGRADE_FAILED
+    (failed,) = [m for m in await events(lab, "DriverUpgrade") if "upgrade-failed" in m]
+    assert "disruption budget" in failed

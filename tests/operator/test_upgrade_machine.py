@@ -16,6 +16,8 @@ from openxpu_operator.upgrade.machine import (
     SKIP_LABEL,
     STATE_ENTERED_AT,
     STATE_LABEL,
+    STUCK_AFTER_SECONDS,
+    STUCK_REPORTED,
     DriverPodView,
     NodeView,
     PodView,
@@ -405,3 +407,16 @@ def test_a_failed_node_relabelled_by_hand_loses_its_failure_on_its_next_step() -
     retried = node(S.UPGRADE_REQUIRED, annotations={FAILURE: "old reason"})
     step = transition(retried, policy(), NOW, may_start=True)
     assert step.state is S.CORDON_REQUIRED and step.annotate[FAILURE] is None
+
+
+def test_a_node_waiting_past_the_threshold_is_reported_once_per_state() -> None:
+    waiting = node(S.VALIDATION_REQUIRED, driver_pod=driver(NEW), waited=STUCK_AFTER_SECONDS - 1)
+    assert STUCK_REPORTED not in transition(waiting, policy(), NOW).annotate
+    late = replace(waiting, annotations={STATE_ENTERED_AT: stamp(NOW - STUCK_AFTER_SECONDS - 1)})
+    step = transition(late, policy(), NOW)
+    assert step.state is S.VALIDATION_REQUIRED and step.annotate[STUCK_REPORTED] == stamp(NOW)
+    reported = replace(late, annotations={**late.annotations, STUCK_REPORTED: stamp(NOW)})
+    assert transition(reported, policy(), NOW).annotate == {}
+    # Leaving the state clears the mark, so the next state may be reported in turn.
+    moving = replace(reported, driver_pod=driver(NEW, ready=True))
+    assert transition(moving, policy(), NOW).annotate[STUCK_REPORTED] is None

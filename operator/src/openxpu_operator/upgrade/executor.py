@@ -28,6 +28,7 @@ from openxpu_operator.policy import UpgradePolicySpec
 from openxpu_operator.upgrade.machine import (
     LAST_ERROR,
     STATE_LABEL,
+    STUCK_REPORTED,
     XPU_RESOURCE,
     DriverPodView,
     NodeView,
@@ -131,14 +132,14 @@ def observe(
     for node in nodes:
         meta = node["metadata"]
         labels = meta.get("labels") or {}
-        driver = next(
-            (
-                p
-                for p in by_node[meta["name"]]
-                if (owner := _controller(p)) is not None and owner["uid"] in ds_uids
-            ),
-            None,
-        )
+        drivers = [
+            p
+            for p in by_node[meta["name"]]
+            if (owner := _controller(p)) is not None and owner["uid"] in ds_uids
+        ]
+        # A terminating old pod may linger next to its replacement: the live one counts.
+        drivers.sort(key=lambda p: bool(p["metadata"].get("deletionTimestamp")))
+        driver = drivers[0] if drivers else None
         owner = _controller(driver) if driver else None
         ds = next((d for d in daemonsets if _selects(labels, d)), None)
         uid = owner["uid"] if owner else ds["metadata"]["uid"] if ds else None
@@ -248,11 +249,16 @@ async def reconcile_upgrades(
         step = result.steps[node.name]
         await apply_step(kube, node, step)
         status.nodes[node.name] = NodeReport(step.state.value if step.state else "", step.reason)
-        if events_on is not None and step.state is not None and step.state != node.state:
+        if events_on is None:
+            continue
+        if step.state is not None and step.state != node.state:
             was = node.state.value if node.state else "none"
             kind = "Warning" if step.state is State.UPGRADE_FAILED else "Normal"
             message = f"node {node.name}: {was} -> {step.state.value}: {step.reason}"
             await kube.event(events_on, EVENTS_NAMESPACE, kind, "DriverUpgrade", message)
+        elif STUCK_REPORTED in step.annotate:
+            message = f"node {node.name} in {node.state} for long: {step.reason}"
+            await kube.event(events_on, EVENTS_NAMESPACE, "Warning", "DriverUpgradeSlow", message)
     counts = status.counts()
     for state in State:
         NODES_BY_STATE.labels(state.value).set(counts.get(state.value, 0))

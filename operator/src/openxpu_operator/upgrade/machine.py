@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from openxpu_operator.policy import UpgradePolicySpec
@@ -29,6 +29,10 @@ STATE_ENTERED_AT = f"{PREFIX}.state-entered-at"
 LAST_ERROR = f"{PREFIX}.last-error"
 # Why the node's upgrade failed, kept while it stays upgrade-failed.
 FAILURE = f"{PREFIX}.failure"
+# Set once a node has waited in one state past STUCK_AFTER_SECONDS (and its Warning Event
+# sent), so the warning is given once per state, not once per pass.
+STUCK_REPORTED = f"{PREFIX}.stuck-reported-at"
+STUCK_AFTER_SECONDS = 600
 XPU_RESOURCE = "openxpu.io/xpu"
 # A driver container restarting more often than this on a node fails the node's upgrade.
 MAX_DRIVER_RESTARTS = 5
@@ -363,8 +367,17 @@ def transition(
         return Step(node.state, f"skipped ({SKIP_LABEL}=true)")
     step = _next(node, policy, now, may_start)
     if step.state == node.state:
+        if (
+            (node.state in IN_PROGRESS or node.state is State.UPGRADE_REQUIRED)
+            and STUCK_REPORTED not in node.annotations
+            and _waited(node, now) > STUCK_AFTER_SECONDS
+        ):
+            # No node sits in a state silently: the executor turns this into a Warning.
+            return replace(step, annotate={**step.annotate, STUCK_REPORTED: stamp(now)})
         return step
     annotate: dict[str, str | None] = {STATE_ENTERED_AT: stamp(now), LAST_ERROR: None}
+    if STUCK_REPORTED in node.annotations:
+        annotate[STUCK_REPORTED] = None
     if FAILURE in node.annotations:
         annotate[FAILURE] = None  # also when a person relabels a failed node to retry
     annotate.update(step.annotate)
