@@ -139,8 +139,10 @@ class Lab:
         owner: list[dict[str, Any]] | None = None,
         xpu: bool = False,
         ready: bool = False,
+        containers: list[dict[str, Any]] | None = None,
     ) -> None:
         resources = {"limits": {"openxpu.io/xpu": "1"}} if xpu else {}
+        containers = containers or [{"name": "c", "image": "busybox", "resources": resources}]
         await self._create(
             f"/api/v1/namespaces/{ns}/pods",
             {
@@ -148,7 +150,7 @@ class Lab:
                 "spec": {
                     "nodeName": node,
                     "automountServiceAccountToken": False,
-                    "containers": [{"name": "c", "image": "busybox", "resources": resources}],
+                    "containers": containers,
                 },
             },
         )
@@ -159,8 +161,13 @@ class Lab:
             {"status": {"phase": "Running", "conditions": conditions}},
         )
 
-    async def driver_pod(self, node: str, hash_: str, *, ready: bool = True) -> str:
+    async def driver_pod(
+        self, node: str, hash_: str, *, ready: bool = True, as_template: bool = False
+    ) -> str:
+        """A driver pod of revision `hash_`; `as_template`: running what the DaemonSet's
+        template runs now (else something older)."""
         name = f"openxpu-driver-{node}-{hash_}"
+        template = self.ds["spec"]["template"]["spec"]["containers"]
         await self.pod(
             self.ns,
             name,
@@ -168,6 +175,7 @@ class Lab:
             labels={"app.kubernetes.io/name": "openxpu-driver", REVISION_LABEL: hash_},
             owner=self._owner(),
             ready=ready,
+            containers=template if as_template else None,
         )
         return name
 
@@ -439,3 +447,17 @@ async def test_a_pdb_blocking_eviction_past_the_timeout_fails_the_node_without_f
     assert await lab.state(node) == S.UPGRADE_FAILED
     (failed,) = [m for m in await events(lab, "DriverUpgrade") if "upgrade-failed" in m]
     assert "disruption budget" in failed
+
+
+async def test_a_new_revision_that_changes_only_labels_restarts_nothing(lab: Lab) -> None:
+    node = await lab.node("same")
+    driver = await lab.driver_pod(node, "old", as_template=True)
+    await lab.workload("burn", node)
+    await lab.revision(2, "new")  # e.g. daemonsets.labels changed: same containers
+    for _ in range(3):
+        await lab.step(policy())
+    got = await lab.get_node(node)
+    assert STATE_LABEL not in got["metadata"]["labels"] and not got["spec"].get("unschedulable")
+    (pod,) = [p for p in await lab.pods(lab.ns) if p["metadata"]["name"] == driver]
+    assert not pod["metadata"].get("deletionTimestamp")
+    assert [p["metadata"]["name"] for p in await lab.pods(lab.team)] == ["burn"]

@@ -13,6 +13,7 @@ timeout passes, never forcing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,28 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     )
 
 
+# The pod annotations the driver template sets that change what the driver does.
+RUN_ANNOTATIONS = ("openxpu.io/driver-version", "openxpu.io/profile-hash")
+_RUN_FIELDS = ("name", "image", "command", "args", "env", "envFrom", "volumeMounts")
+
+
+def runs(template: Mapping[str, Any]) -> str:
+    """A fingerprint of what a pod (or a pod template) runs: its containers' images,
+    commands, environment and mounts, its volumes and the driver's version annotations;
+    not its labels or other annotations, so a change to those restarts no driver."""
+    meta, spec = template.get("metadata") or {}, template.get("spec") or {}
+    notes = meta.get("annotations") or {}
+    shape = {
+        "containers": [
+            {k: c.get(k) for k in _RUN_FIELDS}
+            for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+        ],
+        "volumes": spec.get("volumes") or [],
+        "annotations": {k: notes.get(k) for k in RUN_ANNOTATIONS},
+    }
+    return json.dumps(shape, sort_keys=True)
+
+
 def driver_pod_view(pod: Mapping[str, Any]) -> DriverPodView:
     meta, status = pod["metadata"], pod.get("status") or {}
     statuses = status.get("containerStatuses") or []
@@ -94,6 +117,7 @@ def driver_pod_view(pod: Mapping[str, Any]) -> DriverPodView:
         ready=conditions.get("Ready") == "True",
         restarts=max((s.get("restartCount", 0) for s in statuses), default=0),
         terminating=bool(meta.get("deletionTimestamp")),
+        runs=runs(pod),
     )
 
 
@@ -141,8 +165,15 @@ def observe(
         drivers.sort(key=lambda p: bool(p["metadata"].get("deletionTimestamp")))
         driver = drivers[0] if drivers else None
         owner = _controller(driver) if driver else None
-        ds = next((d for d in daemonsets if _selects(labels, d)), None)
-        uid = owner["uid"] if owner else ds["metadata"]["uid"] if ds else None
+        uid = owner["uid"] if owner else None
+        ds = next(
+            (
+                d
+                for d in daemonsets
+                if d["metadata"]["uid"] == uid or (not uid and _selects(labels, d))
+            ),
+            None,
+        )
         conditions = {
             c["type"]: c["status"] for c in (node.get("status") or {}).get("conditions") or []
         }
@@ -154,7 +185,8 @@ def observe(
                 unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
                 ready=conditions.get("Ready", "True") == "True",
                 driver_pod=driver_pod_view(driver) if driver else None,
-                desired_revision=wanted.get(uid) if uid else None,
+                desired_revision=wanted.get(ds["metadata"]["uid"]) if ds else None,
+                desired_runs=runs(ds["spec"]["template"]) if ds else None,
                 pods=tuple(pod_view(p) for p in by_node[meta["name"]] if p is not driver),
             )
         )

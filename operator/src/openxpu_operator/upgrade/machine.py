@@ -92,6 +92,9 @@ class DriverPodView:
     ready: bool = False
     restarts: int = 0
     terminating: bool = False
+    # What the pod runs (containers, driver version), without labels and annotations that
+    # change no behaviour: equal to the DaemonSet's, the pod is current whatever its revision.
+    runs: str | None = None
 
     @property
     def ref(self) -> str:
@@ -109,6 +112,7 @@ class NodeView:
     ready: bool = True
     driver_pod: DriverPodView | None = None
     desired_revision: str | None = None  # the driver DaemonSet's current revision hash
+    desired_runs: str | None = None  # what the DaemonSet's template runs (DriverPodView.runs)
     pods: tuple[PodView, ...] = ()
 
     @property
@@ -128,7 +132,11 @@ class NodeView:
         pod = self.driver_pod
         if self.desired_revision is None:
             return True
-        return pod is not None and not pod.terminating and pod.revision == self.desired_revision
+        if pod is None or pod.terminating:
+            return False
+        # A new revision that changes only labels or annotations restarts nothing.
+        same_run = pod.runs is not None and pod.runs == self.desired_runs
+        return pod.revision == self.desired_revision or same_run
 
 
 @dataclass(frozen=True)
