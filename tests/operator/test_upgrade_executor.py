@@ -229,7 +229,11 @@ async def lab(apiserver: ApiServer) -> AsyncIterator[Lab]:
         lab = Lab(kube)
         await lab.setup()
         yield lab
-        # Other tests list XPU nodes too: take ours out of the cluster.
+        # Other tests share this API server: take our nodes and policy out of it.
+        if lab.events_on is not None:
+            await kube.delete(
+                f"/apis/openxpu.io/v1/xpuclusterpolicies/{lab.events_on['metadata']['name']}"
+            )
         for node in await kube.list_items("/api/v1/nodes", f"{DRIVER_NODE_LABEL}={lab.tag}"):
             await kube.delete(f"/api/v1/nodes/{node['metadata']['name']}")
 
