@@ -420,3 +420,11 @@ def test_a_node_waiting_past_the_threshold_is_reported_once_per_state() -> None:
     # Leaving the state clears the mark, so the next state may be reported in turn.
     moving = replace(reported, driver_pod=driver(NEW, ready=True))
     assert transition(moving, policy(), NOW).annotate[STUCK_REPORTED] is None
+
+
+def test_a_bare_pod_already_terminating_is_waited_for_not_a_failure() -> None:
+    leaving = node(
+        S.POD_DELETION_REQUIRED, pods=(workload(controller_kind=None, terminating=True),)
+    )
+    step = transition(leaving, policy(), NOW)
+    assert step.state is S.POD_DELETION_REQUIRED and step.evict == ()

@@ -212,7 +212,8 @@ def _remove_pods(
     waited = _waited(node, now)
     if not pods:
         return Step(then, f"{what}: no pods left on the node")
-    for pod in pods:
+    pending = tuple(p for p in pods if not p.terminating)
+    for pod in pending:  # a pod already leaving loses nothing more by our hand
         if pod.controller_kind is None and not force:
             return _failed(
                 f"{what}: pod {pod.ref} is not managed by a controller and would be lost; "
@@ -228,7 +229,6 @@ def _remove_pods(
     if timeout and waited > timeout:
         why = f" ({blocker})" if blocker else ""
         return _failed(f"{what}: pods {names} still on the node after {timeout} s{why}")
-    pending = tuple(p for p in pods if not p.terminating)
     why = f"; {blocker}" if blocker else ""
     return Step(
         node.state,
@@ -243,7 +243,9 @@ def _cordon(node: NodeView) -> Step:
         annotate[INITIAL_UNSCHEDULABLE] = str(node.unschedulable).lower()
     return Step(
         State.WAIT_FOR_JOBS_REQUIRED,
-        "cordoned" if not node.unschedulable else "was already unschedulable",
+        "was unschedulable before the upgrade"
+        if node.annotations.get(INITIAL_UNSCHEDULABLE, str(node.unschedulable).lower()) == "true"
+        else "cordoned",
         cordon=None if node.unschedulable else True,
         annotate=annotate,
     )
