@@ -35,35 +35,71 @@ def test_playbook_syntax(name: str, tmp_path: Path) -> None:
 
 
 def test_kubernetes_core_comes_from_the_venv(tmp_path: Path) -> None:
-    out = run("ansible-galaxy", "collection", "list", "kubernetes.core", "--format", "json",
-              home=tmp_path)
+    out = run(
+        "ansible-galaxy", "collection", "list", "kubernetes.core", "--format", "json", home=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     found = {path: cols for path, cols in json.loads(out.stdout).items() if cols}
     assert len(found) == 1, found
-    (path, cols), = found.items()
+    ((path, cols),) = found.items()
     assert "/site-packages/ansible_collections" in path and str(tmp_path) not in path
     assert cols["kubernetes.core"]["version"] == matrix()["openxpu_versions"]["kubernetes_core"]
     for module in ("helm", "k8s", "k8s_info"):
-        doc = run("ansible-doc", "-t", "module", f"kubernetes.core.{module}", "--json",
-                  home=tmp_path)
+        doc = run(
+            "ansible-doc", "-t", "module", f"kubernetes.core.{module}", "--json", home=tmp_path
+        )
         assert doc.returncode == 0, doc.stderr
 
 
 def _refused(out_text: str) -> list[str]:
     """Tasks that ran, other than the preflight role's own checks."""
-    return [t for t in re.findall(r"TASK \[([^\]]+)\]", out_text) if not t.startswith("openxpu_preflight")]
+    return [
+        t
+        for t in re.findall(r"TASK \[([^\]]+)\]", out_text)
+        if not t.startswith("openxpu_preflight")
+    ]
 
 
 @pytest.mark.parametrize(
     ("name", "variable", "value", "message"),
     [
-        ("validate.yml", "openxpu_validate_timeout", "soon", "argument 'openxpu_validate_timeout' is of type str"),
-        ("install.yml", "openxpu_cluster_mode", "elsewhere", "openxpu_cluster_mode must be one of: kubeconfig, lab"),
-        ("install.yml", "openxpu_stack_values", "[1]", "argument 'openxpu_stack_values' is of type list"),
-        ("upgrade.yml", "openxpu_upgrade_timeout", "later", "argument 'openxpu_upgrade_timeout' is of type str"),
-        ("uninstall.yml", "openxpu_uninstall_hooks", "maybe", "argument 'openxpu_uninstall_hooks' is of type str"),
+        (
+            "validate.yml",
+            "openxpu_validate_timeout",
+            "soon",
+            "argument 'openxpu_validate_timeout' is of type str",
+        ),
+        (
+            "install.yml",
+            "openxpu_cluster_mode",
+            "elsewhere",
+            "openxpu_cluster_mode must be one of: kubeconfig, lab",
+        ),
+        (
+            "install.yml",
+            "openxpu_stack_values",
+            "[1]",
+            "argument 'openxpu_stack_values' is of type list",
+        ),
+        (
+            "upgrade.yml",
+            "openxpu_upgrade_timeout",
+            "later",
+            "argument 'openxpu_upgrade_timeout' is of type str",
+        ),
+        (
+            "uninstall.yml",
+            "openxpu_uninstall_hooks",
+            "maybe",
+            "argument 'openxpu_uninstall_hooks' is of type str",
+        ),
         ("install.yml", "openxpu_stack_valeus", "{}", "unknown variable(s) openxpu_stack_valeus"),
-        ("uninstall.yml", "openxpu_uninstal_hooks", "false", "unknown variable(s) openxpu_uninstal_hooks"),
+        (
+            "uninstall.yml",
+            "openxpu_uninstal_hooks",
+            "false",
+            "unknown variable(s) openxpu_uninstal_hooks",
+        ),
     ],
 )
 def test_a_wrong_variable_is_refused_before_anything_runs(
@@ -91,7 +127,9 @@ def test_matrix_agrees_with_the_lab_chart_driver_and_pinned_ansible() -> None:
     assert versions["chart"] == chart["version"]
     assert versions["driver"] == DEFAULT_DRIVER_VERSION
     core = importlib.metadata.version("ansible-core")
-    low, high = (tuple(map(int, versions[k].split("."))) for k in ("ansible_core_min", "ansible_core_below"))
+    low, high = (
+        tuple(map(int, versions[k].split("."))) for k in ("ansible_core_min", "ansible_core_below")
+    )
     assert low <= tuple(map(int, core.split("."))) < high
     for tested in matrix()["openxpu_versions_tested"]:
         assert tested["ansible_core"] == core
@@ -102,4 +140,6 @@ def test_matrix_agrees_with_the_lab_chart_driver_and_pinned_ansible() -> None:
 
 def test_every_role_has_argument_specs() -> None:
     roles = sorted(p.name for p in (ANSIBLE / "roles").iterdir())
-    assert roles and all((ANSIBLE / "roles" / r / "meta" / "argument_specs.yml").is_file() for r in roles)
+    assert roles and all(
+        (ANSIBLE / "roles" / r / "meta" / "argument_specs.yml").is_file() for r in roles
+    )

@@ -17,7 +17,11 @@ COMPONENTS = (
     ("helm", "Helm", "the lab builds it; any Helm >= 3.18 works"),
     ("chart", "OpenXPU chart", "`helm/openxpu`"),
     ("driver", "XPU driver", "the default policy's `driver.version`"),
-    ("kubernetes_core", "kubernetes.core", "Ansible collection, from the pinned `ansible` PyPI package"),
+    (
+        "kubernetes_core",
+        "kubernetes.core",
+        "Ansible collection, from the pinned `ansible` PyPI package",
+    ),
 )
 
 
