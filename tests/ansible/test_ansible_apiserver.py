@@ -81,7 +81,8 @@ def foreign_chart(path: Path) -> Path:
     (path / "templates").mkdir(parents=True)
     (path / "Chart.yaml").write_text("apiVersion: v2\nname: foreign\nversion: 1.0.0\n")
     (path / "templates" / "cm.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: foreign\ndata:\n  owner: someone-else\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: foreign\n"
+        "data:\n  owner: someone-else\n"
     )
     return path
 
