@@ -143,3 +143,20 @@ def test_every_role_has_argument_specs() -> None:
     assert roles and all(
         (ANSIBLE / "roles" / r / "meta" / "argument_specs.yml").is_file() for r in roles
     )
+
+
+def test_an_unsupported_ansible_core_is_refused_first(tmp_path: Path) -> None:
+    inv = localhost_inventory(tmp_path / "inventory.yml")
+    versions = dict(
+        matrix()["openxpu_versions"], ansible_core_min="2.99.0", ansible_core_below="3.0"
+    )
+    out = playbook(
+        "install.yml", inv, "-e", json.dumps({"openxpu_versions": versions}), home=tmp_path
+    )
+    text = out.stdout + out.stderr
+    core = importlib.metadata.version("ansible-core")
+    assert out.returncode == 2, text
+    assert f"ansible-core {core} is not supported: these playbooks need >= 2.99.0 and < 3.0" in text
+    assert re.findall(r"TASK \[([^\]]+)\]", text)[-1].endswith(
+        "Check the ansible-core version is supported"
+    )
