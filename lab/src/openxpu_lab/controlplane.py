@@ -130,6 +130,7 @@ def ensure_worker_credentials(lab: LabSettings, worker: LabSettings, c: Credenti
         path = worker.layout.config / f"{name}.kubeconfig"
         return write_kubeconfig(path, worker.server_url, c.ca.cert, pair, cn)
 
+    worker.layout.ensure()
     node_user = f"system:node:{worker.node_name}"
     return replace(
         c,
