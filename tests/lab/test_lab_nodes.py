@@ -128,6 +128,8 @@ def test_cli_node_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert "expected NODE=PROFILE" in capsys.readouterr().err
     assert cli.main(["--state-dir", str(tmp_path), "node", "kill", "nope"]) == 1
     assert "error: no node nope in this lab" in capsys.readouterr().err
+    assert cli.main(["--state-dir", str(tmp_path), "logs", "kubelet", "--node", "worker-1"]) == 1
+    assert "error: no node worker-1 in this lab" in capsys.readouterr().err
 
 
 def test_a_workers_configs_carry_its_own_address_range_and_cgroup(tmp_path: Path) -> None:

@@ -110,6 +110,8 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     log_dir = Path(args.state_dir) / "logs"
+    if args.node:
+        log_dir = _lab(args).node_settings(args.node).layout.logs
     f = log_dir / f"{args.component}.log"
     if not f.exists():
         raise LabError(f"no log for {args.component} at {f}")
@@ -242,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("component", choices=COMPONENTS)
     lg.add_argument("-n", "--lines", type=int, default=100)
     lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("--node", help="a worker node's containerd, kubelet or kube-proxy")
     lg.set_defaults(func=cmd_logs)
     rs = sub.add_parser("restart", help="restart one component (e.g. the kubelet)")
     rs.add_argument("component", choices=COMPONENTS)

@@ -189,7 +189,8 @@ class Lab:
     def workers(self) -> list[LabSettings]:
         return [self.settings.for_worker(spec) for spec in self.node_specs()[1:]]
 
-    def _node_settings(self, name: str) -> LabSettings:
+    def node_settings(self, name: str) -> LabSettings:
+        """The settings of the node called `name` (or `worker-K`)."""
         for spec in self.node_specs():
             if name in (spec.name, spec.short):
                 return self.settings if spec.is_host else self.settings.for_worker(spec)
@@ -318,7 +319,7 @@ class Lab:
     def node_stop(self, name: str) -> list[str]:
         """Stop a node's kubelet, kube-proxy and containerd cleanly (SIGTERM); its pods'
         containers stay under their shims, as on a real node whose runtime stopped."""
-        n = self._node_settings(name)
+        n = self.node_settings(name)
         return [
             f"stopped {c} of {n.node_name}"
             for c in ("kubelet", "kube-proxy", "containerd")
@@ -327,12 +328,12 @@ class Lab:
 
     def node_kill(self, name: str) -> list[str]:
         """SIGKILL everything of a node: its kubelet, kube-proxy, containerd, shims, pods."""
-        n = self._node_settings(name)
+        n = self.node_settings(name)
         return [f"killed {nodes.kill_node(n)} processes of {n.node_name}"]
 
     def node_start(self, name: str) -> None:
         """Start a stopped or killed node again and wait for it to be Ready."""
-        n = self._node_settings(name)
+        n = self.node_settings(name)
         if n.node.is_host:
             self.up(openxpu_image=False)
             return
