@@ -64,8 +64,12 @@ def _pod(
     host_paths: dict[str, str] | None = None,
 ) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    mounts = [{"name": f"h{i}", "mountPath": p} for i, p in enumerate(host_paths or {})]
-    volumes = [{"name": f"h{i}", "hostPath": {"path": p}} for i, p in enumerate(host_paths or {})]
+    # host_paths: mount path in the container -> path on the node.
+    pairs = enumerate((host_paths or {}).items())
+    mounts, volumes = [], []
+    for i, (inside, on_node) in pairs:
+        mounts.append({"name": f"h{i}", "mountPath": inside})
+        volumes.append({"name": f"h{i}", "hostPath": {"path": on_node}})
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
