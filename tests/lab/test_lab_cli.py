@@ -10,6 +10,7 @@ import pytest
 from openxpu_lab import cli, kube, pki
 from openxpu_lab.cluster import COMPONENTS, Lab
 from openxpu_lab.kubeconfig import write_kubeconfig
+from openxpu_lab.settings import default_node_name
 
 pytestmark = pytest.mark.unit
 
@@ -91,9 +92,14 @@ def test_kubeconfig_without_a_lab_is_a_clear_error(
 def test_status_of_a_lab_that_never_ran(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(tmp_path, "status") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines[:-1]] == list(COMPONENTS)
-    assert all(line.split()[1] == "stopped" for line in lines[:-1])
-    assert lines[-1].split() == ["node", "Ready", "False"]
+    assert [line.split()[0] for line in lines[:-2]] == list(COMPONENTS)
+    assert all(line.split()[1] == "stopped" for line in lines[:-2])
+    assert lines[-2].split() == ["node", "Ready", "False"]
+    # Every node on a line of its own: the lab that never ran has node 1 alone.
+    assert lines[-1] == (
+        f"node {default_node_name()}: NotReady ip=10.87.0.1 pods=10.88.0.0/24 "
+        "containerd=stopped kubelet=stopped kube-proxy=stopped"
+    )
 
 
 def test_status_json_of_a_lab_that_never_ran(
@@ -105,6 +111,15 @@ def test_status_json_of_a_lab_that_never_ran(
         "state_dir": str(tmp_path),
         "components": dict.fromkeys(COMPONENTS),
         "node_ready": False,
+        "nodes": {
+            default_node_name(): {
+                "ip": "10.87.0.1",
+                "pod_cidr": "10.88.0.0/24",
+                "profile": None,
+                "components": dict.fromkeys(("containerd", "kubelet", "kube-proxy")),
+                "ready": False,
+            }
+        },
     }
 
 

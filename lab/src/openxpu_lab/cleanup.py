@@ -145,3 +145,10 @@ def cni_netns() -> list[str]:
     """Network namespaces the CNI setup of containerd made (named cni-<uuid>)."""
     d = Path("/var/run/netns")
     return sorted(str(p) for p in d.glob("cni-*")) if d.exists() else []
+
+
+def worker_cgroup_roots() -> list[str]:
+    """Cgroup roots of worker nodes' kubelets (`openxpu-lab-w<k>`) in any hierarchy."""
+    return sorted(
+        {d.name for h in _hierarchies() for d in h.glob(f"{CGROUP_ROOT}-w*") if d.is_dir()}
+    )

@@ -13,7 +13,7 @@ from openxpu_lab import envtest, gobuild, kube, procs, versions
 from openxpu_lab.cluster import COMPONENTS, Lab
 from openxpu_lab.paths import default_state_dir
 from openxpu_lab.progress import Progress
-from openxpu_lab.settings import LabSettings
+from openxpu_lab.settings import MAX_NODES, LabSettings, parse_node_profile
 from openxpu_lab.shell import LabError
 
 
@@ -24,6 +24,20 @@ def _count(text: str) -> int:
     return n
 
 
+def _node_count(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= MAX_NODES:
+        raise argparse.ArgumentTypeError(f"{n} is not between 1 and {MAX_NODES}")
+    return n
+
+
+def _node_profile(text: str) -> tuple[str, str]:
+    try:
+        return parse_node_profile(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _lab(args: argparse.Namespace) -> Lab:
     settings = LabSettings.for_state(Path(args.state_dir), args.node_name)
     return Lab(settings, Progress(quiet=args.quiet))
@@ -31,10 +45,18 @@ def _lab(args: argparse.Namespace) -> Lab:
 
 def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    res = lab.up(openxpu_image=not args.no_openxpu_image, kwok_nodes=args.kwok_nodes)
+    res = lab.up(
+        openxpu_image=not args.no_openxpu_image,
+        kwok_nodes=args.kwok_nodes,
+        nodes_count=args.nodes,
+        node_profiles=dict(args.node_profile) if args.node_profile else None,
+    )
     info = res.info
     print(f"kubeconfig: {info['kubeconfig']}")
-    print(f"node:       {info['node']} (Ready)")
+    print(f"nodes:      {', '.join(info['nodes'])} (Ready)")
+    if info["worker_rss_mib"]:
+        each = ", ".join(f"{m:.0f}" for m in info["worker_rss_mib"])
+        print(f"memory:     RSS of each extra node (kubelet + containerd + kube-proxy): {each} MiB")
     if res.built_seconds:
         print(
             f"figures:    cold build {res.built_seconds:.0f}s this run; "
@@ -62,12 +84,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, pid in st["components"].items():
             print(f"{name:24} {'running pid ' + str(pid) if pid else 'stopped'}")
         print(f"{'node Ready':24} {st['node_ready']}")
+        for name, n in st["nodes"].items():
+            procs_text = " ".join(
+                f"{c}={pid if pid else 'stopped'}" for c, pid in n["components"].items()
+            )
+            profile = f" profile={n['profile']}" if n["profile"] else ""
+            ready = "Ready" if n["ready"] else "NotReady"
+            print(f"node {name}: {ready} ip={n['ip']} pods={n['pod_cidr']}{profile} {procs_text}")
     running = any(st["components"].values())
-    return 0 if (st["node_ready"] or not running) else 1
+    all_ready = all(n["ready"] for n in st["nodes"].values())
+    return 0 if (all_ready or not running) else 1
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    if args.action == "start":
+        lab.node_start(args.name)
+        print(f"node {args.name} Ready")
+        return 0
+    lines = lab.node_stop(args.name) if args.action == "stop" else lab.node_kill(args.name)
+    for line in lines:
+        print(line)
+    return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     log_dir = Path(args.state_dir) / "logs"
+    if args.node:
+        log_dir = _lab(args).node_settings(args.node).layout.logs
     f = log_dir / f"{args.component}.log"
     if not f.exists():
         raise LabError(f"no log for {args.component} at {f}")
@@ -160,7 +204,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="run exactly N KWOK-simulated nodes (tainted kwok.x-k8s.io/node=fake); "
         "0 removes them; default: leave them as they are",
     )
+    up.add_argument(
+        "--nodes",
+        type=_node_count,
+        default=None,
+        metavar="N",
+        help="exactly N real nodes: the host's own plus N-1 workers <node>-worker-K, each in "
+        "its own network and mount namespaces; default: as the last `up` (1 at first)",
+    )
+    up.add_argument(
+        "--node-profile",
+        type=_node_profile,
+        action="append",
+        metavar="NODE=PROFILE",
+        help="emulation profile of a node (e.g. worker-2=x1-4), set as its node label "
+        "openxpu.io/emulation.profile; repeatable",
+    )
     up.set_defaults(func=cmd_up)
+    nd = sub.add_parser("node", help="fail or recover one node")
+    nd.add_argument(
+        "action",
+        choices=("stop", "start", "kill"),
+        help="stop: its kubelet, kube-proxy and containerd stop cleanly; kill: SIGKILL of "
+        "every process of the node, its pods' included; start: back to Ready",
+    )
+    nd.add_argument("name", help="the node's name, or worker-K")
+    nd.set_defaults(func=cmd_node)
     down = sub.add_parser("down", help="stop every lab process and remove what it set up")
     down.add_argument(
         "--purge",
@@ -175,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("component", choices=COMPONENTS)
     lg.add_argument("-n", "--lines", type=int, default=100)
     lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("--node", help="a worker node's containerd, kubelet or kube-proxy")
     lg.set_defaults(func=cmd_logs)
     rs = sub.add_parser("restart", help="restart one component (e.g. the kubelet)")
     rs.add_argument("component", choices=COMPONENTS)

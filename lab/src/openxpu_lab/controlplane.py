@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from openxpu_lab import health, paths, pki
@@ -121,6 +121,26 @@ def ensure_credentials(s: LabSettings) -> Credentials:
     )
 
 
+def ensure_worker_credentials(lab: LabSettings, worker: LabSettings, c: Credentials) -> Credentials:
+    """A worker's kubelet (its own node identity) and kube-proxy kubeconfigs, which dial the
+    node address: the worker's loopback is its own network namespace's."""
+
+    def kc(name: str, cert: str, cn: str, orgs: tuple[str, ...] = ()) -> Path:
+        pair = pki.ensure_cert(lab.layout.pki, c.ca, cert, cn, orgs=orgs)
+        path = worker.layout.config / f"{name}.kubeconfig"
+        return write_kubeconfig(path, worker.server_url, c.ca.cert, pair, cn)
+
+    worker.layout.ensure()
+    node_user = f"system:node:{worker.node_name}"
+    return replace(
+        c,
+        kubelet_kubeconfig=kc(
+            "kubelet", f"kubelet-{worker.node_name}", node_user, ("system:nodes",)
+        ),
+        proxy_kubeconfig=kc("kube-proxy", "kube-proxy", "system:kube-proxy"),
+    )
+
+
 def etcd_argv(s: LabSettings, etcd: EtcdCredentials) -> list[str]:
     peer = s.etcd_peer_url
     return [
@@ -210,6 +230,9 @@ def controller_manager_argv(s: LabSettings, c: Credentials) -> list[str]:
         # Pod addresses come from the CNI host-local range, not from node.spec.podCIDR.
         "--allocate-node-cidrs=false",
         "--controllers=*,-cloud-node-lifecycle,-service,-route",
+        # A failed node (`openxpu-lab node kill`) turns NotReady after 20 s, not 50 s:
+        # kubelets report every 5 s (node.py).
+        "--node-monitor-grace-period=20s",
         "--v=1",
     ]
 

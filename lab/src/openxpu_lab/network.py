@@ -11,24 +11,30 @@ import json
 import shlex
 from pathlib import Path
 
-from openxpu_lab.settings import APISERVER_PORT, BRIDGE, CNI_NETWORK, HOST_LINK, NODE_IP
+from openxpu_lab.settings import (
+    APISERVER_PORT,
+    BRIDGE,
+    CNI_NETWORK,
+    HOST_LINK,
+    NODE_IP,
+    NODE_NETWORK,
+    POD_CIDR,
+    WORKER_LINK_PREFIX,
+)
 from openxpu_lab.shell import ok, run
 
 _COMMENT = "openxpu-lab"
-# Pods may reach each other and this host (the API server, kubelet), nothing beyond it.
-_GUARD = [
-    "FORWARD",
-    "-i",
-    BRIDGE,
-    "!",
-    "-o",
-    BRIDGE,
-    "-m",
-    "comment",
-    "--comment",
-    _COMMENT,
-    "-j",
-    "DROP",
+# Pods (of the host's node on oxlab0, of worker nodes through their veths on oxlab-host)
+# may reach each other, the nodes and this host (the API server, kubelet), nothing beyond.
+_FORWARD_CHAIN = "OXLAB-FORWARD"
+_FORWARD_JUMPS = [
+    ["FORWARD", "-i", link, "-m", "comment", "--comment", _COMMENT, "-j", _FORWARD_CHAIN]
+    for link in (BRIDGE, HOST_LINK)
+]
+_FORWARD_RULES = [
+    ["-d", POD_CIDR, "-j", "RETURN"],
+    ["-d", NODE_NETWORK, "-j", "RETURN"],
+    ["-j", "DROP"],
 ]
 
 
@@ -40,6 +46,8 @@ _INPUT_JUMP = ["INPUT", "-m", "comment", "--comment", _COMMENT, "-j", _INPUT_CHA
 _INPUT_RULES = [
     ["-i", "lo", "-j", "RETURN"],
     ["-i", BRIDGE, "-j", "RETURN"],
+    # Worker nodes' veths are ports of this bridge.
+    ["-i", HOST_LINK, "-j", "RETURN"],
     ["-d", f"{NODE_IP}/32", "-j", "DROP"],
     ["-p", "tcp", "--dport", str(APISERVER_PORT), "-j", "DROP"],
 ]
@@ -61,6 +69,7 @@ _LOOPBACK_DNAT = [
     "--to-destination",
     f"{NODE_IP}:{APISERVER_PORT}",
 ]
+_OWN_CHAINS = (_FORWARD_CHAIN, _INPUT_CHAIN)
 _SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
 
 
@@ -95,6 +104,16 @@ def _restore_sysctls(saved: Path) -> list[str]:
     return done
 
 
+def _ensure_chain(chain: str, rules: list[list[str]], jumps: list[list[str]]) -> None:
+    if not ok(["iptables", "-n", "-L", chain]):
+        run(["iptables", "-N", chain])
+        for rule in rules:
+            run(["iptables", "-A", chain, *rule])
+    for jump in jumps:
+        if not ok(["iptables", "-C", *jump]):
+            run(["iptables", "-I", *jump])
+
+
 def link_exists(name: str) -> bool:
     return Path(f"/sys/class/net/{name}").exists()
 
@@ -108,14 +127,8 @@ def setup(state_root: Path) -> None:
     # Forwarding for pod traffic; bridged pod-to-pod service traffic must pass kube-proxy's
     # iptables rules.
     _set_sysctls(state_root / "host-sysctls.json")
-    if not ok(["iptables", "-C", *_GUARD]):
-        run(["iptables", "-I", *_GUARD])
-    if not ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
-        run(["iptables", "-N", _INPUT_CHAIN])
-        for rule in _INPUT_RULES:
-            run(["iptables", "-A", _INPUT_CHAIN, *rule])
-    if not ok(["iptables", "-C", *_INPUT_JUMP]):
-        run(["iptables", "-I", *_INPUT_JUMP])
+    _ensure_chain(_FORWARD_CHAIN, _FORWARD_RULES, _FORWARD_JUMPS)
+    _ensure_chain(_INPUT_CHAIN, _INPUT_RULES, [_INPUT_JUMP])
     if not ok(["iptables", "-t", "nat", "-C", *_LOOPBACK_DNAT]):
         run(["iptables", "-t", "nat", "-I", *_LOOPBACK_DNAT])
 
@@ -223,15 +236,16 @@ def teardown(state_root: Path, foreign_chains: frozenset[str]) -> list[str]:
     """Undo setup plus the chains the lab's kube-proxy, kubelet and CNI made, leaving every
     chain in `foreign_chains` (there before the lab came up) alone. Returns what it did."""
     done: list[str] = []
-    for rule in (_GUARD, _INPUT_JUMP):
+    for rule in (*_FORWARD_JUMPS, _INPUT_JUMP):
         while ok(["iptables", "-D", *rule]):
             done.append(f"iptables rule {' '.join(rule[:1])} (openxpu-lab)")
     while ok(["iptables", "-t", "nat", "-D", *_LOOPBACK_DNAT]):
         done.append("iptables nat rule OUTPUT (openxpu-lab)")
-    if ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
-        run(["iptables", "-F", _INPUT_CHAIN], check=False)
-        run(["iptables", "-X", _INPUT_CHAIN], check=False)
-        done.append(f"iptables chain {_INPUT_CHAIN}")
+    for chain in _OWN_CHAINS:
+        if ok(["iptables", "-n", "-L", chain]):
+            run(["iptables", "-F", chain], check=False)
+            run(["iptables", "-X", chain], check=False)
+            done.append(f"iptables chain {chain}")
     for tool in _TOOLS:
         for table in _TABLES:
             n = _remove_chains(tool, table, foreign_chains)
@@ -248,10 +262,13 @@ def teardown(state_root: Path, foreign_chains: frozenset[str]) -> list[str]:
 def lab_links() -> list[str]:
     """The lab's bridges and any pod veth still attached to them."""
     found = [link for link in (BRIDGE, HOST_LINK) if link_exists(link)]
-    br = Path(f"/sys/class/net/{BRIDGE}/brif")
-    if br.exists():
-        found += sorted(p.name for p in br.iterdir())
-    return found
+    for bridge in (BRIDGE, HOST_LINK):
+        br = Path(f"/sys/class/net/{bridge}/brif")
+        if br.exists():
+            found += sorted(p.name for p in br.iterdir())
+    # A worker's veth, even if detached from the bridge.
+    found += sorted(p.name for p in Path("/sys/class/net").glob(f"{WORKER_LINK_PREFIX}*"))
+    return sorted(set(found))
 
 
 def lab_iptables(foreign_chains: frozenset[str]) -> list[str]:
@@ -261,10 +278,8 @@ def lab_iptables(foreign_chains: frozenset[str]) -> list[str]:
         for table in _TABLES
         for c in _lab_chains(tool, table, foreign_chains)[0]
     ]
-    if ok(["iptables", "-C", *_GUARD]):
-        found.append("filter FORWARD guard rule")
+    found += [f"filter FORWARD rule {j[2]}" for j in _FORWARD_JUMPS if ok(["iptables", "-C", *j])]
     if ok(["iptables", "-t", "nat", "-C", *_LOOPBACK_DNAT]):
         found.append("nat OUTPUT loopback rule")
-    if ok(["iptables", "-n", "-L", _INPUT_CHAIN]):
-        found.append(f"filter chain {_INPUT_CHAIN}")
+    found += [f"filter chain {c}" for c in _OWN_CHAINS if ok(["iptables", "-n", "-L", c])]
     return found

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from openxpu_lab import paths
-from openxpu_lab.cleanup import CGROUP_ROOT
 from openxpu_lab.controlplane import Credentials
 from openxpu_lab.paths import write_if_changed
 from openxpu_lab.settings import (
@@ -15,9 +15,8 @@ from openxpu_lab.settings import (
     CLUSTER_DOMAIN,
     CNI_NETWORK,
     DEFAULT_KUBELET_ROOT,
-    NODE_IP,
     POD_CIDR,
-    POD_GATEWAY,
+    PROFILE_LABEL,
     LabSettings,
 )
 
@@ -83,7 +82,7 @@ def cni_config(s: LabSettings) -> str:
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": POD_CIDR, "gateway": POD_GATEWAY}]],
+                    "ranges": [[{"subnet": s.node.pod_cidr, "gateway": s.node.pod_gateway}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": str(s.layout.cni_ipam_dir),
                 },
@@ -98,7 +97,7 @@ def kubelet_config(s: LabSettings, c: Credentials) -> str:
     doc = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": NODE_IP,
+        "address": s.node.ip,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": 10248,
@@ -112,7 +111,7 @@ def kubelet_config(s: LabSettings, c: Credentials) -> str:
         "cgroupDriver": "cgroupfs",
         # Pods under the lab's own cgroup root: `down` may kill what is there and nothing
         # in another kubelet's /kubepods.
-        "cgroupRoot": f"/{CGROUP_ROOT}",
+        "cgroupRoot": f"/{s.node.cgroup_root}",
         "containerRuntimeEndpoint": f"unix://{s.layout.containerd_socket}",
         "clusterDomain": CLUSTER_DOMAIN,
         "clusterDNS": [CLUSTER_DNS_IP],
@@ -143,10 +142,10 @@ def kube_proxy_config(s: LabSettings, c: Credentials) -> str:
         "mode": "iptables",
         "clusterCIDR": POD_CIDR,
         "hostnameOverride": s.node_name,
-        "bindAddress": NODE_IP,
+        "bindAddress": s.node.ip,
         "metricsBindAddress": "127.0.0.1:10249",
         # NodePorts answer on the lab's node address only, not on the host's own NICs.
-        "nodePortAddresses": [f"{NODE_IP}/32"],
+        "nodePortAddresses": [f"{s.node.ip}/32"],
         "healthzBindAddress": "127.0.0.1:10256",
         # Leave the host's conntrack sysctls alone.
         "conntrack": {"maxPerCore": 0, "min": 0},
@@ -155,9 +154,12 @@ def kube_proxy_config(s: LabSettings, c: Credentials) -> str:
 
 
 def _kubelet_root_dir(pid: int) -> Path | None:
-    """The --root-dir of a running kubelet process, None if `pid` is no kubelet."""
+    """The --root-dir of a running kubelet process in our mount namespace, None if `pid` is
+    no kubelet or one of another mount namespace (a worker node's: its root is private)."""
     try:
         if Path(f"/proc/{pid}/comm").read_text().strip() != "kubelet":
+            return None
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
             return None
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -205,17 +207,14 @@ def foreign_kubelet_root(s: LabSettings, lab_kubelet_pid: int | None) -> str | N
 
 def write_node_configs(s: LabSettings, c: Credentials) -> None:
     lay = s.layout
-    for d in (
-        lay.containerd_root,
-        lay.containerd_state,
-        lay.cni_conf_dir,
-        lay.cni_ipam_dir,
-        s.kubelet_root,
-    ):
+    lay.ensure()
+    for d in (lay.containerd_root, lay.containerd_state, lay.cni_conf_dir, lay.cni_ipam_dir):
         d.mkdir(parents=True, exist_ok=True)
-    # Marks the kubelet root as this lab's, so `down` may unmount under it and `--purge`
-    # delete it; another lab or kubelet finds it taken.
-    write_if_changed(s.kubelet_root / KUBELET_ROOT_MARKER, f"{lay.root}\n")
+    if s.node.is_host:
+        # Marks the kubelet root as this lab's, so `down` may unmount under it and `--purge`
+        # delete it; another lab or kubelet finds it taken. A worker's is private to it.
+        s.kubelet_root.mkdir(parents=True, exist_ok=True)
+        write_if_changed(s.kubelet_root / KUBELET_ROOT_MARKER, f"{lay.root}\n")
     write_if_changed(lay.containerd_config, containerd_config(s))
     write_if_changed(lay.cni_conf_dir / f"10-{CNI_NETWORK}.conflist", cni_config(s))
     write_if_changed(lay.config / "kubelet.json", kubelet_config(s, c))
@@ -224,8 +223,6 @@ def write_node_configs(s: LabSettings, c: Credentials) -> None:
 
 def containerd_env() -> dict[str, str]:
     # Our shim must win over any containerd-shim-runc-v2 that a Debian package put on PATH.
-    import os
-
     return {"PATH": f"{paths.containerd_bin_dir()}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
 
@@ -245,7 +242,8 @@ def kubelet_argv(s: LabSettings, c: Credentials) -> list[str]:
         f"--root-dir={s.kubelet_root}",
         f"--cert-dir={s.kubelet_root / 'pki'}",
         f"--hostname-override={s.node_name}",
-        f"--node-ip={NODE_IP}",
+        f"--node-ip={s.node.ip}",
+        *([f"--node-labels={PROFILE_LABEL}={s.node.profile}"] if s.node.profile else []),
         "--v=1",
     ]
 

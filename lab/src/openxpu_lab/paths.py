@@ -99,6 +99,16 @@ class StateLayout:
         return self.root / "config"
 
     @property
+    def nodes(self) -> Path:
+        """One directory per worker node (a StateLayout of its own) and their namespaces."""
+        return self.root / "nodes"
+
+    @property
+    def node_list(self) -> Path:
+        """The nodes `up` was asked for (count, profiles), so `down` and `status` know them."""
+        return self.root / "nodes.json"
+
+    @property
     def admin_kubeconfig(self) -> Path:
         return self.root / "admin.kubeconfig"
 
