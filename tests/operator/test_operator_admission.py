@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -96,13 +97,20 @@ def test_good_policy_with_every_section_is_admitted(cluster: Cluster) -> None:
 
 
 def _explain(cluster: Cluster, path: str) -> str:
-    return subprocess.run(
-        [str(kubectl_path()), "--kubeconfig", str(cluster.api.kubeconfig), "explain", path],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    # The API server publishes a new CRD's OpenAPI v3 a moment after Established (seconds on
+    # a loaded machine); until then kubectl says it has no such resource type.
+    deadline = time.monotonic() + 60
+    while True:
+        r = subprocess.run(
+            [str(kubectl_path()), "--kubeconfig", str(cluster.api.kubeconfig), "explain", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if r.returncode == 0 or time.monotonic() > deadline:
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+        time.sleep(1)
 
 
 def test_explain_shows_the_descriptions(cluster: Cluster) -> None:
