@@ -49,6 +49,14 @@ KINDS = {
         "rbac.authorization.k8s.io/v1",
         "ClusterRoleBinding",
     ),
+    "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies": (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicy",
+    ),
+    "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings": (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicyBinding",
+    ),
     "/api/v1/namespaces/openxpu/pods": ("v1", "Pod"),
 }
 MANAGED = "app.kubernetes.io/managed-by=openxpu-operator"
