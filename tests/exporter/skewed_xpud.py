@@ -16,14 +16,18 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 
 from openxpu_runtime.daemon import main as xpud
+from openxpu_runtime.daemon.app import ScopeSockets
 from openxpu_runtime.engine import Engine
 
 SKEW_FILE = "OPENXPU_TEST_SKEW_FILE"
 
 
-def skewed(create_app: Callable[[Engine], FastAPI]) -> Callable[[Engine], FastAPI]:
-    def create(engine: Engine) -> FastAPI:
-        app = create_app(engine)
+AppFactory = Callable[[Engine, ScopeSockets | None], FastAPI]
+
+
+def skewed(create_app: AppFactory) -> AppFactory:
+    def create(engine: Engine, scope_sockets: ScopeSockets | None = None) -> FastAPI:
+        app = create_app(engine, scope_sockets)
         skew = Path(os.environ[SKEW_FILE])
 
         @app.middleware("http")
