@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from openxpu_runtime import api
 from openxpu_runtime.faults import CATALOG
+from openxpu_runtime.identity import bus_id
 
 MIB = 1 << 20
 
@@ -67,11 +68,6 @@ class DcgmField(NamedTuple):
 def nvml_round(x: float) -> int:
     """Half away from zero, never below 0: how runtime/nvml (Rust's f64::round) rounds."""
     return math.floor(max(x, 0.0) + 0.5)
-
-
-def pci_bus_id(index: int) -> str:
-    """The bus id runtime/nvml reports for this device (state.rs `bus_id`), as DCGM's label."""
-    return f"{0:08X}:{1 + index // 32:02X}:{index % 32:02X}.0"
 
 
 def throttle_bitmask(reasons: list[str]) -> int:
@@ -230,7 +226,7 @@ def device_labels(
     return {
         "gpu": str(device.index),
         "UUID": device.uuid,
-        "pci_bus_id": pci_bus_id(device.index),
+        "pci_bus_id": bus_id(device.index),
         "device": f"xpu{device.index}",
         "modelName": model,
         "Hostname": hostname,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from openxpu_runtime.errors import XpuError
-from openxpu_runtime.smi.devices import bus_id, pci_location, serial
+from openxpu_runtime.identity import bus_id, pci_location, serial
 
 Reading = dict[str, Any]
 MIB = 1 << 20
