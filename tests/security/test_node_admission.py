@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -66,7 +67,35 @@ def _token(api: ApiServer, *bound: str) -> str:
 
 @pytest.fixture(scope="module")
 def pod_token(api: ApiServer) -> str:
-    return _token(api, "--bound-object-kind=Pod", f"--bound-object-name={POD}")
+    token = _token(api, "--bound-object-kind=Pod", f"--bound-object-name={POD}")
+    _wait_until_policy_enforced(api, token)
+    return token
+
+
+def _wait_until_policy_enforced(api: ApiServer, token: str, timeout: float = 60.0) -> None:
+    """The apiserver loads a new admission policy into its admission chain asynchronously
+    (about a second, longer on a loaded machine): until then every patch is allowed. A
+    server-side dry run goes through admission without changing anything."""
+    deadline = time.monotonic() + timeout
+    probe = json.dumps({"metadata": {"labels": {"openxpu.io/probe": "1"}}})
+    while True:
+        out = kubectl(
+            api,
+            "patch",
+            "node",
+            OTHER,
+            "--type=merge",
+            "--dry-run=server",
+            "-p",
+            probe,
+            token=token,
+            check=False,
+        )
+        if out.returncode != 0 and "openxpu-feature-discovery-own-node" in out.stderr:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the admission policy never took effect: {out.stderr}")
+        time.sleep(0.5)
 
 
 def _patch(api: ApiServer, token: str, node: str, patch: Doc) -> tuple[bool, str]:
