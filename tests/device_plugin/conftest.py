@@ -36,6 +36,8 @@ def base_flags(root: Path, plugin_dir: Path) -> dict[str, str | None]:
         "plugin_dir": str(plugin_dir),
         "xpud_socket": str(root / "run/openxpu/xpud.sock"),
         "cdi_spec_dir": str(root / "var/run/cdi"),
+        # Never the host's kubelet: a test that reconciles scopes serves its own here.
+        "pod_resources_socket": str(root / "pod-resources.sock"),
     }
 
 

@@ -13,7 +13,10 @@ from grpc import aio
 
 from openxpu_device_plugin.plugin import endpoint_for
 from openxpu_runtime import api
+from openxpu_runtime.client import XpudClient
+from openxpu_runtime.errors import PermissionDenied
 from openxpu_runtime.testing import XpudProcess
+from openxpu_runtime.xpu import XpuSession
 
 from .conftest import StartPlugin
 from .kubelet_peer import Devices, KubeletPeer
@@ -69,7 +72,13 @@ async def test_fault_turns_device_unhealthy_and_recovery_healthy(
     assert kubelet.current.updates[-1][1][u1] == "Healthy"
 
 
-async def test_allocate_gives_env_socket_mount_and_device_nodes(
+def only_scope(xpud: XpudProcess) -> api.Scope:
+    with xpud.client() as c:
+        (scope,) = c.scopes()
+    return scope
+
+
+async def test_allocate_gives_the_container_only_its_scope(
     xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
 ) -> None:
     await start_plugin()
@@ -81,12 +90,41 @@ async def test_allocate_gives_env_socket_mount_and_device_nodes(
     assert first.envs["XPUD_SOCKET"] == "/run/openxpu/xpud.sock"
     assert not any(k.startswith("XPU_MEMORY_LIMIT") for k in first.envs)
     assert second.envs["XPU_VISIBLE_DEVICES"] == ids[0]
+    with xpud.client() as c:
+        scopes = {tuple(s.device_ids): s for s in c.scopes()}
+    assert set(scopes) == {(ids[2], ids[3]), (ids[0],)}
+    scope = scopes[(ids[2], ids[3])]
+    assert scope.labels == {"resource": "openxpu.io/xpu"}
+    scope_dir = short_root / "run/openxpu/scopes" / scope.id
     mounts = {m.container_path: (m.host_path, m.read_only) for m in first.mounts}
-    assert mounts["/run/openxpu"] == (str(short_root / "run/openxpu"), True)
+    # Never the host's run directory (the admin socket): the scope's own, in its place.
+    assert mounts["/run/openxpu"] == (str(scope_dir), True)
+    assert str(short_root / "run/openxpu") not in {h for h, _ in mounts.values()}
     # xpud made its device nodes as plain files here, so they are bind-mounted, not DeviceSpecs.
     assert mounts["/dev/xpu2"] == (str(short_root / "dev/xpu2"), False)
     assert "/dev/xpu3" in mounts and not first.devices
     assert not first.cdi_devices
+    # What the container reaches through that mount: its two devices, numbered 0 and 1.
+    env = {**first.envs, "XPUD_SOCKET": str(scope_dir / "xpud.sock")}
+    with XpuSession(env=env) as session:
+        assert [(d.index, d.uuid) for d in session.devices] == [(0, ids[2]), (1, ids[3])]
+    with XpudClient(scope_dir / "xpud.sock") as workload, pytest.raises(PermissionDenied):
+        workload.inject_fault(api.FaultRequest(device="0", code=79))
+
+
+async def test_a_failed_allocate_leaves_no_scope_behind(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    """The kubelet starts no container of a failed Allocate: the scopes made for the
+    request's other containers are deleted before the error is answered."""
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    ids = uuids(xpud)
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.allocate([ids[1]], [ids[2], "XPU-nope"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with xpud.client() as c:
+        assert c.scopes() == [], "the first container's scope was deleted"
 
 
 async def test_allocate_refuses_unknown_and_unhealthy_ids(
@@ -117,13 +155,22 @@ async def test_cdi_strategy_names_devices_and_writes_the_spec(
     resp = await kubelet.allocate(["1", "6"])
     (c,) = resp.container_responses
     assert [d.name for d in c.cdi_devices] == [f"openxpu.io/xpu={ids[i]}" for i in (1, 6)]
-    assert c.envs["XPU_VISIBLE_DEVICES"] == "1,6"
-    assert not c.mounts and not c.devices  # the runtime injects them from the spec
+    # The indices as the container's scope numbers them, like nvidia-smi in a GPU container.
+    assert c.envs["XPU_VISIBLE_DEVICES"] == "0,1"
+    scope = only_scope(xpud)
+    assert scope.device_ids == ["1", "6"]
+    assert [(d.index, d.host_index) for d in scope.devices] == [(0, 1), (1, 6)]
+    # The runtime injects the device nodes from the spec; the scope comes with Allocate.
+    assert not c.devices
+    assert [(m.container_path, m.host_path) for m in c.mounts] == [
+        ("/run/openxpu", str(short_root / "run/openxpu/scopes" / scope.id))
+    ]
     spec = yaml.safe_load((short_root / "var/run/cdi/openxpu.io-xpu.yaml").read_text())
     assert spec["kind"] == "openxpu.io/xpu"
     names = {d["name"] for d in spec["devices"]}
     assert set(ids) <= names and {"0", "7", "all"} <= names
-    assert spec["containerEdits"]["mounts"][0]["containerPath"] == "/run/openxpu"
+    # No device and no spec-wide edit mounts the host's run directory into a container.
+    assert "/run/openxpu" not in yaml.safe_dump(spec).replace("/run/openxpu/xpud.sock", "")
 
 
 async def test_kubelet_restart_leads_to_reregistration(
@@ -259,6 +306,9 @@ async def test_time_slicing_replicas_and_the_greater_than_one_refusal(
         memory = c.inventory().devices[3].memory_total_bytes
     assert envs["XPU_VISIBLE_DEVICES"] == ids[3]
     assert envs["XPU_MEMORY_LIMIT_0"] == str(memory // 4)
+    # xpud holds the replica to it, whatever the workload sends.
+    scope = only_scope(xpud)
+    assert [(d.uuid, d.memory_limit_bytes) for d in scope.devices] == [(ids[3], memory // 4)]
     with pytest.raises(aio.AioRpcError) as err:
         await kubelet.allocate([f"{ids[0]}::0", f"{ids[1]}::0"])
     assert err.value.details() == (
@@ -365,8 +415,11 @@ async def test_health_checks_disabled_keeps_every_device_healthy(
         logger.removeHandler(handler)
     _, devices = await kubelet.wait_devices(lambda d: len(d) == 8)
     assert all_health(devices, "Healthy")
-    resp = await kubelet.allocate([u0])
-    assert resp.container_responses[0].envs["XPU_VISIBLE_DEVICES"] == u0
+    # Still advertised, but no container starts without its scope, which only xpud makes.
+    with pytest.raises(aio.AioRpcError) as err:
+        await kubelet.allocate([u0])
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "xpud did not create the scope" in (err.value.details() or "")
 
 
 async def test_a_reload_that_ignores_a_fault_rejudges_the_device_at_once(

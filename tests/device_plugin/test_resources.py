@@ -67,7 +67,7 @@ def test_health_words_map_to_kubelet_health(tmp_path: Path) -> None:
     health = {d.id: d.healthy for d in rm.advertised()}
     assert [k for k, v in health.items() if not v] == ["XPU-0002", "XPU-0003"]
     with pytest.raises(AllocationError, match=r"is Unhealthy \(Lost: fell off the bus\)"):
-        rm.allocate(["XPU-0002"])
+        rm.plan(["XPU-0002"])
     rm.set_unreachable("connection refused")
     assert not any(d.healthy for d in rm.advertised())
     rm.set_inventory(inventory(tmp_path))
@@ -77,19 +77,35 @@ def test_health_words_map_to_kubelet_health(tmp_path: Path) -> None:
 def test_allocate_validation(tmp_path: Path) -> None:
     rm = manager(tmp_path)
     with pytest.raises(AllocationError, match="no device IDs"):
-        rm.allocate([])
+        rm.plan([])
     with pytest.raises(AllocationError, match="duplicate"):
-        rm.allocate(["XPU-0001", "XPU-0001"])
+        rm.plan(["XPU-0001", "XPU-0001"])
     with pytest.raises(AllocationError, match=r"unknown device ID 'XPU-0001::0'.*advertises 8"):
-        rm.allocate(["XPU-0001::0"])
+        rm.plan(["XPU-0001::0"])
 
 
 def test_replicas_of_one_device_add_up_their_memory(tmp_path: Path) -> None:
     rm = manager(tmp_path, REPLICAS="4")
-    a = rm.allocate(["XPU-0001::0", "XPU-0001::3", "XPU-0002::1"])
-    assert a.envs["XPU_VISIBLE_DEVICES"] == "XPU-0001,XPU-0002"
-    assert a.envs["XPU_MEMORY_LIMIT_0"] == str(8 * GIB)
-    assert a.envs["XPU_MEMORY_LIMIT_1"] == str(4 * GIB)
+    plan = rm.plan(["XPU-0001::0", "XPU-0001::3", "XPU-0002::1"])
+    assert [x.uuid for x in plan.xpus] == ["XPU-0001", "XPU-0002"]
+    assert plan.memory_limits == [8 * GIB, 4 * GIB]
+    asked = {d.id: d.memory_limit_bytes for d in plan.scope_request.devices}
+    assert asked == {"XPU-0001::0": 4 * GIB, "XPU-0001::3": 4 * GIB, "XPU-0002::1": 4 * GIB}
+    assert plan.scope_request.labels == {"resource": "openxpu.io/xpu"}
+
+
+def test_replicas_never_ask_xpud_for_more_than_the_device(tmp_path: Path) -> None:
+    """xpud refuses a scope whose replica limits add up beyond the device's memory."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "version: v1\nsharing:\n  timeSlicing:\n    replicas: 4\n    memoryPerReplica: 10Gi\n"
+    )
+    rm = ResourceManager(ConfigSource(file=config, env={}).load())
+    rm.set_inventory(inventory(tmp_path))
+    plan = rm.plan(["XPU-0001::0", "XPU-0001::1", "XPU-0001::2"])
+    assert plan.memory_limits == [16 * GIB]
+    asked = [d.memory_limit_bytes or 0 for d in plan.scope_request.devices]
+    assert sum(asked) == 16 * GIB and max(asked) - min(asked) <= 1
 
 
 def c8() -> list[Candidate]:

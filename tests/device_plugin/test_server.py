@@ -10,6 +10,7 @@ import pytest
 from openxpu_device_plugin.config import ConfigSource
 from openxpu_device_plugin.resources import ResourceManager
 from openxpu_device_plugin.server import PluginServer
+from openxpu_runtime.client import AsyncXpudClient
 
 pytestmark = pytest.mark.integration
 
@@ -18,9 +19,13 @@ def manager() -> ResourceManager:
     return ResourceManager(ConfigSource(env={}).load())
 
 
+# These servers answer no Allocate: xpud is never called.
+NO_XPUD = AsyncXpudClient(Path("/nonexistent/xpud.sock"))
+
+
 async def test_stop_removes_its_own_socket(plugin_dir: Path) -> None:
     path = plugin_dir / "openxpu.io-xpu.sock"
-    server = PluginServer(manager(), path)
+    server = PluginServer(manager(), NO_XPUD, path)
     await server.start()
     assert path.is_socket()
     await server.stop()
@@ -31,9 +36,9 @@ async def test_stop_removes_its_own_socket(plugin_dir: Path) -> None:
 async def test_stop_leaves_a_newer_servers_socket_alone(plugin_dir: Path) -> None:
     """An old pod stopping after a new pod bound the same path must not remove the new one."""
     path = plugin_dir / "openxpu.io-xpu.sock"
-    old = PluginServer(manager(), path)
+    old = PluginServer(manager(), NO_XPUD, path)
     await old.start()
-    new = PluginServer(manager(), path)
+    new = PluginServer(manager(), NO_XPUD, path)
     await new.start()  # replaces the old socket, as a new pod's plugin does
     try:
         replaced = path.stat().st_ino
@@ -49,7 +54,7 @@ async def test_stop_leaves_a_newer_servers_socket_alone(plugin_dir: Path) -> Non
 
 async def test_stop_leaves_a_file_that_replaced_the_socket(plugin_dir: Path) -> None:
     path = plugin_dir / "openxpu.io-xpu.sock"
-    server = PluginServer(manager(), path)
+    server = PluginServer(manager(), NO_XPUD, path)
     await server.start()
     path.unlink()
     path.write_text("someone else's")

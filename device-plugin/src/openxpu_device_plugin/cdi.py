@@ -1,5 +1,7 @@
 """The CDI spec (`/var/run/cdi/openxpu.io-xpu.yaml`): what a container runtime injects for
-`openxpu.io/xpu=<uuid>` (also `=<index>` and `=all`).
+`openxpu.io/xpu=<uuid>` (also `=<index>` and `=all`): the device nodes. xpud's socket is
+not in it: each container gets its own scope's directory from Allocate, next to the CDI
+devices, and never the host's /run/openxpu.
 
 Written atomically (temp file + rename) and only when its content changes, so a runtime
 reading it never sees half a file and an unchanged inventory costs no write.
@@ -86,17 +88,8 @@ def build_spec(xpus: list[Xpu], xpud_socket: str) -> CdiSpec:
         "cdiVersion": CDI_VERSION,
         "kind": CDI_KIND,
         "devices": devices,
-        # Every XPU container reaches xpud through its socket, read-only.
-        "containerEdits": {
-            "env": [f"XPUD_SOCKET={CONTAINER_RUN_DIR}/{sock.name}"],
-            "mounts": [
-                {
-                    "hostPath": str(sock.parent),
-                    "containerPath": CONTAINER_RUN_DIR,
-                    "options": ["ro", "nosuid", "nodev", "bind"],
-                }
-            ],
-        },
+        # Where the client library looks; the socket there is mounted per allocation.
+        "containerEdits": {"env": [f"XPUD_SOCKET={CONTAINER_RUN_DIR}/{sock.name}"]},
     }
 
 

@@ -27,6 +27,7 @@ DEFAULT_RESOURCE = "openxpu.io/xpu"
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_XPUD_SOCKET = "/run/openxpu/xpud.sock"
 DEFAULT_CDI_SPEC_DIR = "/var/run/cdi"
+DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 # An extended resource name: a DNS subdomain prefix, then a name the kubelet accepts.
 _RESOURCE_RE = re.compile(
@@ -108,6 +109,12 @@ class Flags(_Strict):
     plugin_dir: str = Field(default=DEFAULT_PLUGIN_DIR, alias="pluginDir", min_length=1)
     xpud_socket: str = Field(default=DEFAULT_XPUD_SOCKET, alias="xpudSocket", min_length=1)
     cdi_spec_dir: str = Field(default=DEFAULT_CDI_SPEC_DIR, alias="cdiSpecDir", min_length=1)
+    # Scopes are reconciled against the kubelet's PodResources List: one whose devices no
+    # container holds for this long is deleted. It covers Allocate -> container created.
+    pod_resources_socket: str = Field(
+        default=DEFAULT_POD_RESOURCES_SOCKET, alias="podResourcesSocket", min_length=1
+    )
+    scope_grace_period: float = Field(default=60.0, alias="scopeGracePeriod", gt=0, le=86_400)
 
     @field_validator("resource_name")
     @classmethod
@@ -232,6 +239,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(("flags", "pluginDir"), "plugin_dir", "kubelet device-plugin dir", ("PLUGIN_DIR",)),
     Setting(("flags", "xpudSocket"), "xpud_socket", "xpud's API socket", ("XPUD_SOCKET",)),
     Setting(("flags", "cdiSpecDir"), "cdi_spec_dir", "where the CDI spec goes", ("CDI_SPEC_DIR",)),
+    Setting(
+        ("flags", "podResourcesSocket"),
+        "pod_resources_socket",
+        "the kubelet's PodResources socket (scope reconciliation)",
+    ),
+    Setting(
+        ("flags", "scopeGracePeriod"),
+        "scope_grace_period",
+        "seconds a scope may go unheld by any container before it is deleted",
+    ),
     Setting(
         ("sharing", "timeSlicing", "replicas"), "replicas", "time-slicing replicas", ("REPLICAS",)
     ),

@@ -21,9 +21,11 @@ from openxpu_device_plugin.registration import (
     wait_for_kubelet_restart,
 )
 from openxpu_device_plugin.resources import ResourceManager
+from openxpu_device_plugin.scopes import ScopeReconciler
 from openxpu_device_plugin.server import PluginServer
 from openxpu_device_plugin.supervise import supervise
 from openxpu_runtime import api
+from openxpu_runtime.client import AsyncXpudClient
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +133,8 @@ class DevicePlugin:
         except OSError as exc:
             log.error("cannot write the CDI spec in %s: %s", self.config.flags.cdi_spec_dir, exc)
 
-    async def _serve_once(self, backoff: Backoff) -> None:
-        server = PluginServer(self.rm, self.socket)
+    async def _serve_once(self, backoff: Backoff, xpud: AsyncXpudClient) -> None:
+        server = PluginServer(self.rm, xpud, self.socket)
         self.server = server
         try:
             await server.start()
@@ -193,10 +195,27 @@ class DevicePlugin:
                 name="config",
             ),
         ]
+        # Allocate's connection to xpud's admin socket, kept alive: one round trip a scope.
+        xpud = AsyncXpudClient(Path(self.config.flags.xpud_socket))
+        reconciler = ScopeReconciler(
+            xpud,
+            Path(self.config.flags.pod_resources_socket),
+            resource=lambda: self.config.advertised_resource,
+            grace_period=lambda: self.config.flags.scope_grace_period,
+        )
+        tasks.append(
+            asyncio.create_task(
+                supervise(
+                    "the scope reconciler",
+                    lambda: reconciler.run(lambda: reconcile_interval(self.config)),
+                ),
+                name="scopes",
+            )
+        )
         backoff = Backoff(initial=0.2, cap=10.0)
         try:
             while not self._stop.is_set():
-                await self._serve_once(backoff)
+                await self._serve_once(backoff, xpud)
         finally:
             for t in tasks:
                 t.cancel()
@@ -205,7 +224,14 @@ class DevicePlugin:
                     await t
             if self.server is not None:
                 await self.server.stop()
+            await xpud.aclose()
             log.info("device plugin stopped")
+
+
+def reconcile_interval(config: Config) -> float:
+    """How often scopes are reconciled: often enough that an unused one outlives its grace
+    period by at most a fifth of it, and never more than once a second."""
+    return max(1.0, min(10.0, config.flags.scope_grace_period / 5))
 
 
 async def _first(*aws: Awaitable[Any]) -> None:

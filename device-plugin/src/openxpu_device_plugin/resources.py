@@ -1,5 +1,6 @@
 """The resource manager: which IDs this node advertises, their health, request validation,
-what a container gets, and preferred allocation. No gRPC here: the server translates.
+what a container gets, and preferred allocation. No gRPC here: the server translates, and
+asks xpud for each container's scope between `plan` and `container`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ CDI_KIND = "openxpu.io/xpu"
 # Where workloads find xpud inside a container: the runtime's default socket path.
 CONTAINER_RUN_DIR = "/run/openxpu"
 REPLICA_SEP = "::"
+# The label on each scope this plugin creates: the reconciler deletes only its own.
+SCOPE_RESOURCE_LABEL = "resource"
 # xpud's health words; Degraded still runs work, so the kubelet may schedule it.
 SCHEDULABLE = frozenset({"Healthy", "Degraded"})
 
@@ -97,6 +100,17 @@ class ContainerAllocation:
 
 
 @dataclass(frozen=True)
+class AllocationPlan:
+    """One container request, checked: the scope to ask xpud for, and the devices in the
+    order the scope will number them (0..n-1)."""
+
+    scope_request: api.ScopeRequest
+    xpus: list[Xpu]
+    # XPU_MEMORY_LIMIT_<i> for shared replicas (None: a whole device), as xpud will enforce.
+    memory_limits: list[int | None]
+
+
+@dataclass(frozen=True)
 class _Slot:
     """What one advertised ID stands for."""
 
@@ -114,7 +128,6 @@ class ResourceManager:
         self._unreachable_reason = "xpud not contacted yet"
         self._slots: dict[str, _Slot] = {}
         self._socket_env = ""
-        self._socket_mount = MountSpec("", "", True)
         self.generation = 0
         self._changed = asyncio.Event()
 
@@ -171,7 +184,6 @@ class ResourceManager:
         # Allocate is the hot path: what depends only on config is computed here, once.
         sock = PurePosixPath(self._config.flags.xpud_socket)
         self._socket_env = f"{CONTAINER_RUN_DIR}/{sock.name}"
-        self._socket_mount = MountSpec(CONTAINER_RUN_DIR, str(sock.parent), True)
         slots: dict[str, _Slot] = {}
         for x in self._xpus:
             base = (
@@ -226,8 +238,9 @@ class ResourceManager:
             )
         return slot
 
-    def allocate(self, device_ids: Sequence[str]) -> ContainerAllocation:
-        """What one container gets for `device_ids`, or AllocationError."""
+    def plan(self, device_ids: Sequence[str]) -> AllocationPlan:
+        """Check one container request and say which scope it needs; AllocationError if
+        the plugin refuses it."""
         cfg = self._config
         if not device_ids:
             raise AllocationError("no device IDs in the container request")
@@ -242,36 +255,71 @@ class ResourceManager:
                 f"request for '{cfg.advertised_resource}: {len(device_ids)}' too large: "
                 "maximum request size for shared resources is 1"
             )
-        slots = [self._slot(i) for i in device_ids]
-        # Replicas of one device appear once in the visible list; their memory adds up.
-        per_device: dict[str, tuple[Xpu, int]] = {}
-        for s in slots:
-            x, n = per_device.get(s.xpu.uuid, (s.xpu, 0))
-            per_device[s.xpu.uuid] = (x, n + 1)
-        xpus = [x for x, _ in per_device.values()]
-        by_index = cfg.flags.device_id_strategy is DeviceIDStrategy.INDEX
+        slots = {i: self._slot(i) for i in device_ids}
+        # Replicas of one device make one device of the scope; their memory adds up.
+        per_device: dict[str, list[str]] = {}
+        for device_id, s in slots.items():
+            per_device.setdefault(s.xpu.uuid, []).append(device_id)
+        entries: list[api.ScopeDeviceRequest] = []
+        xpus: list[Xpu] = []
+        limits: list[int | None] = []
+        for ids in per_device.values():
+            x = slots[ids[0]].xpu
+            replica_limit = cfg.memory_limit_per_replica(x.memory_total_bytes)
+            if replica_limit is None:
+                entries += [api.ScopeDeviceRequest(id=i) for i in ids]
+                limits.append(None)
+            else:
+                # The replicas' slices, never more than the device together (xpud refuses).
+                total = min(replica_limit * len(ids), x.memory_total_bytes)
+                share, rest = divmod(total, len(ids))
+                entries += [
+                    api.ScopeDeviceRequest(id=i, memory_limit_bytes=share + (1 if n < rest else 0))
+                    for n, i in enumerate(ids)
+                ]
+                limits.append(total)
+            xpus.append(x)
+        request = api.ScopeRequest(
+            devices=entries, labels={SCOPE_RESOURCE_LABEL: cfg.advertised_resource}
+        )
+        return AllocationPlan(request, xpus, limits)
+
+    def container(self, plan: AllocationPlan, scope: api.Scope) -> ContainerAllocation:
+        """What the container gets: its scope's directory as its /run/openxpu (the only
+        xpud socket it can reach), its device nodes, and the environment."""
+        if scope.socket is None:
+            raise AllocationError(f"xpud serves no socket for scope {scope.id}")
+        strategies = set(self._config.flags.device_list_strategy)
+        by_index = self._config.flags.device_id_strategy is DeviceIDStrategy.INDEX
         out = ContainerAllocation()
+        # As the container sees them: the scope numbers its devices 0..n-1 (as nvidia-smi in
+        # a GPU container does); UUIDs are the same everywhere.
         out.envs["XPU_VISIBLE_DEVICES"] = ",".join(
-            str(x.index) if by_index else x.uuid for x in xpus
+            str(d.index) if by_index else d.uuid for d in scope.devices
         )
         out.envs["XPUD_SOCKET"] = self._socket_env
-        for i, (x, count) in enumerate(per_device.values()):
-            limit = cfg.memory_limit_per_replica(x.memory_total_bytes)
+        for i, limit in enumerate(plan.memory_limits):
             if limit is not None:
-                out.envs[f"XPU_MEMORY_LIMIT_{i}"] = str(min(limit * count, x.memory_total_bytes))
-        strategies = set(cfg.flags.device_list_strategy)
+                out.envs[f"XPU_MEMORY_LIMIT_{i}"] = str(limit)
+        out.mounts = self.container_mounts(str(PurePosixPath(scope.socket).parent))
         if DeviceListStrategy.CDI in strategies:
-            # The runtime injects nodes and the socket mount from the CDI spec.
-            out.cdi_devices = [f"{CDI_KIND}={x.uuid}" for x in xpus]
+            # The runtime injects the device nodes from the CDI spec; the kubelet adds the
+            # mounts above next to them.
+            out.cdi_devices = [f"{CDI_KIND}={x.uuid}" for x in plan.xpus]
             return out
-        out.mounts.append(self._socket_mount)
         if DeviceListStrategy.DEVICE_SPECS in strategies:
-            for x in xpus:
+            for x in plan.xpus:
                 if x.is_device_node:
                     out.devices.append(NodeSpec(x.container_path, x.device_path))
                 else:
                     out.mounts.append(MountSpec(x.container_path, x.device_path, False))
         return out
+
+    def container_mounts(self, scope_dir: str) -> list[MountSpec]:
+        """The host paths every XPU container gets, whatever the device-list strategy: its
+        scope's directory, read-only (the socket inside still accepts connections). One
+        place to add a mount to every XPU container."""
+        return [MountSpec(CONTAINER_RUN_DIR, scope_dir, True)]
 
     def preferred(self, available: Sequence[str], must: Sequence[str], size: int) -> list[str]:
         """The IDs this plugin would pick; unknown IDs are ignored (the kubelet decides)."""

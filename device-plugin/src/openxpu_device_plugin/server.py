@@ -4,10 +4,12 @@ manager's answers into the kubelet's messages, nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn, Protocol
 
 import grpc
 from grpc import aio
@@ -18,6 +20,8 @@ from openxpu_device_plugin.resources import (
     ContainerAllocation,
     ResourceManager,
 )
+from openxpu_runtime import api
+from openxpu_runtime.errors import Unreachable, XpuError
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +56,18 @@ def to_response(a: ContainerAllocation) -> pb.ContainerAllocateResponse:
     )
 
 
+class Scopes(Protocol):
+    """xpud's admin API as Allocate uses it (`openxpu_runtime.client.AsyncXpudClient`)."""
+
+    async def create_scope(self, req: api.ScopeRequest) -> api.Scope: ...
+
+    async def delete_scope(self, scope_id: str) -> None: ...
+
+
 class DevicePluginService(rpc.DevicePluginServicer):
-    def __init__(self, rm: ResourceManager) -> None:
+    def __init__(self, rm: ResourceManager, scopes: Scopes) -> None:
         self.rm = rm
+        self.scopes = scopes
 
     async def GetDevicePluginOptions(
         self, request: pb.Empty, context: aio.ServicerContext[pb.Empty, pb.DevicePluginOptions]
@@ -96,14 +109,42 @@ class DevicePluginService(rpc.DevicePluginServicer):
         context: aio.ServicerContext[pb.AllocateRequest, pb.AllocateResponse],
     ) -> pb.AllocateResponse:
         out = pb.AllocateResponse()
+        created: list[str] = []
         for req in request.container_requests:
+            ids = list(req.devices_ids)
             try:
-                a = self.rm.allocate(list(req.devices_ids))
+                plan = self.rm.plan(ids)
+                # No fallback: a container never starts with the admin socket.
+                scope = await self.scopes.create_scope(plan.scope_request)
+                created.append(scope.id)
+                allocation = self.rm.container(plan, scope)
             except AllocationError as exc:
-                log.warning("refused Allocate %s: %s", list(req.devices_ids), exc)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            out.container_responses.append(to_response(a))
+                log.warning("refused Allocate %s: %s", ids, exc)
+                await self._abort(context, created, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except (Unreachable, XpuError) as exc:
+                log.error("Allocate %s: xpud did not create the scope: %s", ids, exc)
+                await self._abort(
+                    context,
+                    created,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"xpud did not create the scope: {exc}",
+                )
+            out.container_responses.append(to_response(allocation))
         return out
+
+    async def _abort(
+        self,
+        context: aio.ServicerContext[pb.AllocateRequest, pb.AllocateResponse],
+        created: list[str],
+        code: grpc.StatusCode,
+        details: str,
+    ) -> NoReturn:
+        # The kubelet starts no container of a failed Allocate: none of its scopes is used.
+        # Deleted before answering, so whoever sees the error sees them gone.
+        for scope_id in created:
+            with contextlib.suppress(Unreachable, XpuError):
+                await self.scopes.delete_scope(scope_id)
+        await context.abort(code, details)
 
     async def PreStartContainer(
         self,
@@ -116,9 +157,9 @@ class DevicePluginService(rpc.DevicePluginServicer):
 class PluginServer:
     """One serving of the plugin socket; a restart makes a new one."""
 
-    def __init__(self, rm: ResourceManager, socket: Path) -> None:
+    def __init__(self, rm: ResourceManager, scopes: Scopes, socket: Path) -> None:
         self.socket = socket
-        self.service = DevicePluginService(rm)
+        self.service = DevicePluginService(rm, scopes)
         self._server: aio.Server | None = None
         # (st_dev, st_ino) of the socket this server bound, while it may still be at the path.
         self._bound: tuple[int, int] | None = None

@@ -12,6 +12,10 @@ repository root::
         --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \\
         openxpu_device_plugin/kubeletapi/deviceplugin.proto
 
+`podresources.proto` is the part of the PodResources v1 API the scope reconciler reads
+(`List`), under a package of ours (the file says why); regenerate it the same way, with
+`--python_out=. --mypy_out=.` only (the call is made by method path, no service stub).
+
 The `.pyi` files type the stubs for `mypy --strict`; ruff skips the generated files.
 """
 
