@@ -215,8 +215,8 @@ def allocate_response(pod_uid: str) -> pb.ContainerAllocateResponse:
 
 
 def test_cdi_strategy_hands_the_device_through_containerd(stack: LabCluster) -> None:
-    """With `deviceListStrategy: cdi` Allocate returns only CDI names: the device node, the
-    xpud socket mount and its env reach the container only if containerd applies the spec."""
+    """With `deviceListStrategy: cdi` Allocate returns CDI names and the scope's mount: the
+    device node and its env reach the container only if containerd applies the spec."""
     CDI_SPEC.unlink(missing_ok=True)
     ds = "ds/openxpu-device-plugin"
     stack.kubectl("-n", "openxpu", "set", "env", ds, "DEVICE_LIST_STRATEGY=cdi")
@@ -249,7 +249,7 @@ def test_cdi_strategy_hands_the_device_through_containerd(stack: LabCluster) -> 
         "assert all(stat.S_ISCHR(os.stat(n).st_mode) for n in nodes), nodes; "
         "s = XpuSession(); "
         "print(os.environ['XPU_VISIBLE_DEVICES'], os.environ['XPUD_SOCKET'], "
-        "[d.uuid for d in s.devices], s.devices[0].index, ','.join(nodes)); s.close()"
+        "[d.uuid for d in s.devices], s.devices[0].device_path, ','.join(nodes)); s.close()"
     )
     stack.kubectl("delete", "pod", "xpu-cdi", "--ignore-not-found", "--wait")
     try:
@@ -257,16 +257,19 @@ def test_cdi_strategy_hands_the_device_through_containerd(stack: LabCluster) -> 
             "apply", "-f", "-", input_text=pod_manifest("xpu-cdi", 1, ["python3", "-c", script])
         )
         stack.wait_pod_phase("xpu-cdi", {"Succeeded"}, timeout=120)
-        visible, socket, seen, index, nodes = stack.kubectl("logs", "xpu-cdi").stdout.split()
-        # The kubelet got CDI names only: nothing else could have given the container these.
+        visible, socket, seen, node, nodes = stack.kubectl("logs", "xpu-cdi").stdout.split()
+        # The kubelet got CDI names and the scope's mount only: nothing else could have given
+        # the container its device node.
         uid = stack.kubectl("get", "pod", "xpu-cdi", "-o", "jsonpath={.metadata.uid}").stdout
         answer = allocate_response(uid)
         assert [d.name for d in answer.cdi_devices] == [f"{CDI_KIND}={visible}"]
-        assert not answer.devices and not answer.mounts
+        assert not answer.devices
+        ((mount_path, host_path),) = [(m.container_path, m.host_path) for m in answer.mounts]
+        assert mount_path == "/run/openxpu" and host_path.startswith("/run/openxpu/scopes/")
         assert f"name: {visible}" in CDI_SPEC.read_text()
         assert seen == f"['{visible}']"
         assert socket == "/run/openxpu/xpud.sock"
-        assert nodes == f"/dev/xpu{index}", "exactly the allocated device node, from the spec"
+        assert nodes == node, "exactly the allocated device node, from the spec"
     finally:
         stack.kubectl("delete", "pod", "xpu-cdi", "--ignore-not-found", check=False)
         stack.kubectl("-n", "openxpu", "set", "env", ds, "DEVICE_LIST_STRATEGY-", check=False)
