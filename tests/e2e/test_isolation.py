@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 # The demo stack, applied once for this module and removed after it.
 stack = demo.stack
 
-RESTRICTED = {
+RESTRICTED: dict[str, object] = {
     "runAsNonRoot": True,
     "runAsUser": 1000,
     "allowPrivilegeEscalation": False,
@@ -57,26 +57,7 @@ print(json.dumps({
 
 
 def pod(name: str, xpus: int, command: list[str]) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    {
-                        "name": "main",
-                        "image": "openxpu/openxpu:dev",
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": command,
-                        "resources": {"limits": {demo.RESOURCE: xpus}},
-                        "securityContext": RESTRICTED,
-                    }
-                ],
-            },
-        }
-    )
+    return demo.pod_manifest(name, xpus, command, RESTRICTED)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,12 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def pod_manifest(name: str, xpus: int, command: list[str]) -> str:
+UID_1000 = {"runAsUser": 1000, "allowPrivilegeEscalation": False}
+
+
+def pod_manifest(
+    name: str, xpus: int, command: list[str], security_context: dict[str, object] = UID_1000
+) -> str:
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -65,7 +70,7 @@ def pod_manifest(name: str, xpus: int, command: list[str]) -> str:
                         "imagePullPolicy": "IfNotPresent",
                         "command": command,
                         "resources": {"limits": {RESOURCE: xpus}},
-                        "securityContext": {"runAsUser": 1000, "allowPrivilegeEscalation": False},
+                        "securityContext": security_context,
                     }
                 ],
             },
