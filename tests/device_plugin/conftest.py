@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,11 @@ from typing import Any
 import pytest
 
 from openxpu_device_plugin.config import ConfigSource
+from openxpu_device_plugin.kubeletapi import pb
 from openxpu_device_plugin.plugin import DevicePlugin
 from openxpu_device_plugin.registration import REGISTER_TIMEOUT
+from openxpu_runtime import api
+from openxpu_runtime.testing import XpudProcess
 
 from .kubelet_peer import KubeletPeer
 
@@ -42,6 +46,26 @@ def base_flags(root: Path, plugin_dir: Path) -> dict[str, str | None]:
 
 
 StartPlugin = Callable[..., Awaitable[DevicePlugin]]
+
+
+def scope_dir(container: pb.ContainerAllocateResponse) -> Path:
+    """The host directory Allocate mounted at the container's /run/openxpu: its scope's."""
+    (host_path,) = [m.host_path for m in container.mounts if m.container_path == "/run/openxpu"]
+    return Path(host_path)
+
+
+def scope_of(xpud: XpudProcess, container: pb.ContainerAllocateResponse) -> api.Scope:
+    with xpud.client() as c:
+        (scope,) = [s for s in c.scopes() if s.id == scope_dir(container).name]
+    return scope
+
+
+async def eventually(what: str, check: Callable[[], bool], within: float = 30) -> None:
+    """Poll `check` until it holds, for at most `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture

@@ -8,25 +8,24 @@ one device, which the lab's plugin (distributed allocation policy) does not choo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from openxpu_device_plugin.kubeletapi import pb
 from openxpu_runtime.client import unix_transport
 from openxpu_runtime.testing import XpudProcess
 
-from .conftest import StartPlugin
+from .conftest import StartPlugin, scope_dir
 from .kubelet_peer import KubeletPeer
 
 pytestmark = pytest.mark.integration
 
 
-def container_socket(response: Any) -> Path:
+def container_socket(response: pb.AllocateResponse) -> Path:
     """The xpud socket a container finds at /run/openxpu/xpud.sock, as a host path."""
     (container,) = response.container_responses
-    (run_dir,) = [m.host_path for m in container.mounts if m.container_path == "/run/openxpu"]
-    return Path(run_dir) / "xpud.sock"
+    return scope_dir(container) / "xpud.sock"
 
 
 def open_context(w: httpx.Client) -> str:

@@ -18,7 +18,7 @@ from openxpu_runtime.errors import PermissionDenied
 from openxpu_runtime.testing import XpudProcess
 from openxpu_runtime.xpu import XpuSession
 
-from .conftest import StartPlugin
+from .conftest import StartPlugin, eventually, scope_of
 from .kubelet_peer import Devices, KubeletPeer
 
 pytestmark = pytest.mark.integration
@@ -26,6 +26,11 @@ pytestmark = pytest.mark.integration
 
 def all_health(devices: Devices, health: str) -> bool:
     return bool(devices) and all(h == health for h in devices.values())
+
+
+def scope_ids(xpud: XpudProcess) -> set[str]:
+    with xpud.client() as c:
+        return {s.id for s in c.scopes()}
 
 
 def uuids(xpud: XpudProcess) -> list[str]:
@@ -72,12 +77,6 @@ async def test_fault_turns_device_unhealthy_and_recovery_healthy(
     assert kubelet.current.updates[-1][1][u1] == "Healthy"
 
 
-def only_scope(xpud: XpudProcess) -> api.Scope:
-    with xpud.client() as c:
-        (scope,) = c.scopes()
-    return scope
-
-
 async def test_allocate_gives_the_container_only_its_scope(
     xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin, short_root: Path
 ) -> None:
@@ -90,25 +89,24 @@ async def test_allocate_gives_the_container_only_its_scope(
     assert first.envs["XPUD_SOCKET"] == "/run/openxpu/xpud.sock"
     assert not any(k.startswith("XPU_MEMORY_LIMIT") for k in first.envs)
     assert second.envs["XPU_VISIBLE_DEVICES"] == ids[0]
-    with xpud.client() as c:
-        scopes = {tuple(s.device_ids): s for s in c.scopes()}
-    assert set(scopes) == {(ids[2], ids[3]), (ids[0],)}
-    scope = scopes[(ids[2], ids[3])]
+    scope = scope_of(xpud, first)
+    assert scope.device_ids == [ids[2], ids[3]]
     assert scope.labels == {"resource": "openxpu.io/xpu"}
-    scope_dir = short_root / "run/openxpu/scopes" / scope.id
+    assert scope_of(xpud, second).device_ids == [ids[0]]
+    directory = short_root / "run/openxpu/scopes" / scope.id
     mounts = {m.container_path: (m.host_path, m.read_only) for m in first.mounts}
     # Never the host's run directory (the admin socket): the scope's own, in its place.
-    assert mounts["/run/openxpu"] == (str(scope_dir), True)
+    assert mounts["/run/openxpu"] == (str(directory), True)
     assert str(short_root / "run/openxpu") not in {h for h, _ in mounts.values()}
     # xpud made its device nodes as plain files here, so they are bind-mounted, not DeviceSpecs.
     assert mounts["/dev/xpu2"] == (str(short_root / "dev/xpu2"), False)
     assert "/dev/xpu3" in mounts and not first.devices
     assert not first.cdi_devices
     # What the container reaches through that mount: its two devices, numbered 0 and 1.
-    env = {**first.envs, "XPUD_SOCKET": str(scope_dir / "xpud.sock")}
+    env = {**first.envs, "XPUD_SOCKET": str(directory / "xpud.sock")}
     with XpuSession(env=env) as session:
         assert [(d.index, d.uuid) for d in session.devices] == [(0, ids[2]), (1, ids[3])]
-    with XpudClient(scope_dir / "xpud.sock") as workload, pytest.raises(PermissionDenied):
+    with XpudClient(directory / "xpud.sock") as workload, pytest.raises(PermissionDenied):
         workload.inject_fault(api.FaultRequest(device="0", code=79))
 
 
@@ -120,11 +118,39 @@ async def test_a_failed_allocate_leaves_no_scope_behind(
     await start_plugin()
     await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
     ids = uuids(xpud)
+    await eventually("a spare scope for each device", lambda: len(scope_ids(xpud)) == 8)
     with pytest.raises(aio.AioRpcError) as err:
-        await kubelet.allocate([ids[1]], [ids[2], "XPU-nope"])
+        # Two IDs: the first container's scope is made for it, not taken from the spares.
+        await kubelet.allocate([ids[1], ids[3]], [ids[2], "XPU-nope"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(scope_ids(xpud)) == 8, "the first container's scope was deleted"
+    # A spare handed to a failed request goes too, and the pool makes another.
+    spares = scope_ids(xpud)
+    with pytest.raises(aio.AioRpcError):
+        await kubelet.allocate([ids[1]], ["XPU-nope"])
+    await eventually("the spare made again", lambda: len(scope_ids(xpud) - spares) == 1)
+    assert len(scope_ids(xpud)) == 8
+
+
+async def test_a_one_xpu_allocate_takes_a_spare_scope_made_ahead(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    """Allocate need not wait for xpud: a spare per ID, taken and then made again."""
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    ids = uuids(xpud)
+    await eventually("a spare scope for each device", lambda: len(scope_ids(xpud)) == 8)
+    spares = scope_ids(xpud)
+    (container,) = (await kubelet.allocate([ids[5]])).container_responses
+    taken = scope_of(xpud, container)
+    assert taken.id in spares and taken.device_ids == [ids[5]]
+    await eventually("the next spare", lambda: len(scope_ids(xpud)) == 9)
+    # An unhealthy device's spare goes; the others stay.
     with xpud.client() as c:
-        assert c.scopes() == [], "the first container's scope was deleted"
+        c.inject_fault(api.FaultRequest(device="2", code=48))
+    await eventually("device 2's spare gone", lambda: len(scope_ids(xpud)) == 8)
+    with xpud.client() as c:
+        assert [ids[2]] not in [s.device_ids for s in c.scopes()]
 
 
 async def test_allocate_refuses_unknown_and_unhealthy_ids(
@@ -157,7 +183,7 @@ async def test_cdi_strategy_names_devices_and_writes_the_spec(
     assert [d.name for d in c.cdi_devices] == [f"openxpu.io/xpu={ids[i]}" for i in (1, 6)]
     # The indices as the container's scope numbers them, like nvidia-smi in a GPU container.
     assert c.envs["XPU_VISIBLE_DEVICES"] == "0,1"
-    scope = only_scope(xpud)
+    scope = scope_of(xpud, c)
     assert scope.device_ids == ["1", "6"]
     assert [(d.index, d.host_index) for d in scope.devices] == [(0, 1), (1, 6)]
     # The runtime injects the device nodes from the spec; the scope comes with Allocate.
@@ -307,7 +333,7 @@ async def test_time_slicing_replicas_and_the_greater_than_one_refusal(
     assert envs["XPU_VISIBLE_DEVICES"] == ids[3]
     assert envs["XPU_MEMORY_LIMIT_0"] == str(memory // 4)
     # xpud holds the replica to it, whatever the workload sends.
-    scope = only_scope(xpud)
+    scope = scope_of(xpud, resp.container_responses[0])
     assert [(d.uuid, d.memory_limit_bytes) for d in scope.devices] == [(ids[3], memory // 4)]
     with pytest.raises(aio.AioRpcError) as err:
         await kubelet.allocate([f"{ids[0]}::0", f"{ids[1]}::0"])

@@ -9,6 +9,7 @@ import pytest
 
 from openxpu_device_plugin.config import ConfigSource
 from openxpu_device_plugin.resources import ResourceManager
+from openxpu_device_plugin.scopes import SparePool
 from openxpu_device_plugin.server import PluginServer
 from openxpu_runtime.client import AsyncXpudClient
 
@@ -20,7 +21,7 @@ def manager() -> ResourceManager:
 
 
 # These servers answer no Allocate: xpud is never called.
-NO_XPUD = AsyncXpudClient(Path("/nonexistent/xpud.sock"))
+NO_XPUD = SparePool(AsyncXpudClient(Path("/nonexistent/xpud.sock")), dict)
 
 
 async def test_stop_removes_its_own_socket(plugin_dir: Path) -> None:

@@ -21,7 +21,7 @@ from openxpu_device_plugin.registration import (
     wait_for_kubelet_restart,
 )
 from openxpu_device_plugin.resources import ResourceManager
-from openxpu_device_plugin.scopes import ScopeReconciler
+from openxpu_device_plugin.scopes import ScopeReconciler, SparePool
 from openxpu_device_plugin.server import PluginServer
 from openxpu_device_plugin.supervise import supervise
 from openxpu_runtime import api
@@ -133,8 +133,8 @@ class DevicePlugin:
         except OSError as exc:
             log.error("cannot write the CDI spec in %s: %s", self.config.flags.cdi_spec_dir, exc)
 
-    async def _serve_once(self, backoff: Backoff, xpud: AsyncXpudClient) -> None:
-        server = PluginServer(self.rm, xpud, self.socket)
+    async def _serve_once(self, backoff: Backoff, scopes: SparePool) -> None:
+        server = PluginServer(self.rm, scopes, self.socket)
         self.server = server
         try:
             await server.start()
@@ -195,27 +195,39 @@ class DevicePlugin:
                 name="config",
             ),
         ]
-        # Allocate's connection to xpud's admin socket, kept alive: one round trip a scope.
+        # Allocate's connection to xpud's admin socket, kept alive.
         xpud = AsyncXpudClient(Path(self.config.flags.xpud_socket))
+        spares = SparePool(xpud, self.rm.spare_requests)
         reconciler = ScopeReconciler(
             xpud,
             Path(self.config.flags.pod_resources_socket),
             resource=lambda: self.config.advertised_resource,
             grace_period=lambda: self.config.flags.scope_grace_period,
+            spare=spares.holds,
         )
-        tasks.append(
+
+        async def refresh_spares() -> None:
+            # Health, inventory and configuration change what the spares should be.
+            generation = self.rm.generation
+            while True:
+                generation = await self.rm.wait_changed(generation)
+                spares.refresh()
+
+        tasks += [
+            asyncio.create_task(supervise("the spare scopes", spares.run), name="spares"),
+            asyncio.create_task(supervise("the spare refresh", refresh_spares), name="refresh"),
             asyncio.create_task(
                 supervise(
                     "the scope reconciler",
                     lambda: reconciler.run(lambda: reconcile_interval(self.config)),
                 ),
                 name="scopes",
-            )
-        )
+            ),
+        ]
         backoff = Backoff(initial=0.2, cap=10.0)
         try:
             while not self._stop.is_set():
-                await self._serve_once(backoff, xpud)
+                await self._serve_once(backoff, spares)
         finally:
             for t in tasks:
                 t.cancel()

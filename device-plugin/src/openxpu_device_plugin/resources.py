@@ -23,6 +23,9 @@ CONTAINER_RUN_DIR = "/run/openxpu"
 REPLICA_SEP = "::"
 # The label on each scope this plugin creates: the reconciler deletes only its own.
 SCOPE_RESOURCE_LABEL = "resource"
+# Spare scopes are made ahead for single-ID requests only while the node advertises no more
+# IDs than this (many replicas would fill xpud's 4,096 scopes with spares).
+MAX_SPARES = 256
 # xpud's health words; Degraded still runs work, so the kubelet may schedule it.
 SCHEDULABLE = frozenset({"Healthy", "Degraded"})
 
@@ -283,6 +286,19 @@ class ResourceManager:
             devices=entries, labels={SCOPE_RESOURCE_LABEL: cfg.advertised_resource}
         )
         return AllocationPlan(request, xpus, limits)
+
+    def spare_requests(self) -> dict[str, api.ScopeRequest]:
+        """The scope a one-ID request would ask for, for every ID the kubelet may allocate
+        now: what the spare-scope pool makes ahead, so Allocate need not wait for xpud."""
+        if len(self._slots) > MAX_SPARES:
+            return {}
+        out = {}
+        for device_id in self._slots:
+            try:
+                out[device_id] = self.plan([device_id]).scope_request
+            except AllocationError:
+                continue  # unhealthy: the kubelet will not allocate it
+        return out
 
     def container(self, plan: AllocationPlan, scope: api.Scope) -> ContainerAllocation:
         """What the container gets: its scope's directory as its /run/openxpu (the only

@@ -12,6 +12,12 @@ the scope unheld. When the kubelet cannot be asked, nothing is deleted.
 Of several scopes for the same device IDs (an init container's devices handed on to the
 next container, which gets its own Allocate), only the newest is in use: the others go
 after the same grace period.
+
+Allocate is on the kubelet's admission path, and a round trip to xpud costs more than the
+whole of the rest of it. So the plugin keeps one spare scope made ahead for every ID it
+advertises (`SparePool`): a one-ID request (one XPU, one replica) takes its spare and the
+pool makes the next one in the background; other requests ask xpud there and then. Spares
+are the plugin's, not unused: the reconciler leaves them alone.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -61,6 +68,80 @@ async def held_device_ids(socket: Path, resource: str) -> HeldSets:
     return held
 
 
+def _still_served(scope: api.Scope) -> bool:
+    """Its socket is still there (a stat, not a round trip): xpud did not lose the scope (a
+    restart with a reset state) since the pool made it."""
+    return scope.socket is not None and os.path.exists(scope.socket)
+
+
+class SparePool:
+    """xpud's scopes as Allocate obtains them: a spare made ahead if one matches the
+    request exactly, else a new one. `run()` keeps a spare for each of `wanted()`."""
+
+    def __init__(
+        self, xpud: AsyncXpudClient, wanted: Callable[[], dict[str, api.ScopeRequest]]
+    ) -> None:
+        self.xpud = xpud
+        self.wanted = wanted
+        self._spares: dict[str, tuple[api.ScopeRequest, api.Scope]] = {}
+        self._changed = asyncio.Event()
+        # Set by refresh(): the next pass also asks xpud which spares it still has.
+        self._verify = True
+
+    def holds(self, scope_id: str) -> bool:
+        return any(scope.id == scope_id for _, scope in self._spares.values())
+
+    def refresh(self) -> None:
+        """What is wanted may have changed (configuration, inventory, health), or xpud may
+        have restarted without its state: check the spares again."""
+        self._verify = True
+        self._changed.set()
+
+    async def create_scope(self, req: api.ScopeRequest) -> api.Scope:
+        if len(req.devices) == 1:
+            spare = self._spares.pop(req.devices[0].id, None)
+            if spare is not None:
+                self._changed.set()
+                made_for, scope = spare
+                if made_for == req and _still_served(scope):
+                    return scope
+        return await self.xpud.create_scope(req)
+
+    async def delete_scope(self, scope_id: str) -> None:
+        await self.xpud.delete_scope(scope_id)
+
+    async def run(self, retry: float = 1.0) -> None:
+        while True:
+            try:
+                await self.fill()
+            except Unreachable as exc:
+                log.debug("spare scopes not made: %s", exc)
+                await asyncio.sleep(retry)
+                continue
+            await self._changed.wait()
+            self._changed.clear()
+
+    async def fill(self) -> None:
+        """One pass: drop spares that no longer match (and, after refresh(), those xpud no
+        longer has), make those missing. Allocate may take a spare at any await: the dict
+        is the truth."""
+        wanted = self.wanted()
+        if self._verify:
+            self._verify = False
+            live = {s.id for s in await self.xpud.scopes()}
+            for device_id, (_, scope) in list(self._spares.items()):
+                if scope.id not in live:
+                    del self._spares[device_id]
+        for device_id, (req, scope) in list(self._spares.items()):
+            if wanted.get(device_id) != req:
+                del self._spares[device_id]
+                with contextlib.suppress(NotFound):
+                    await self.xpud.delete_scope(scope.id)
+        for device_id, req in wanted.items():
+            if device_id not in self._spares:
+                self._spares[device_id] = (req, await self.xpud.create_scope(req))
+
+
 def unused(scopes: Iterable[api.Scope], held: HeldSets) -> list[api.Scope]:
     """The scopes no container uses: their device IDs are not held, or a newer scope for
     the same IDs exists."""
@@ -83,8 +164,12 @@ class ScopeReconciler:
         resource: Callable[[], str],
         grace_period: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
+        spare: Callable[[str], bool] = lambda scope_id: False,
     ) -> None:
         self.xpud = xpud
+        # A spare is no container's yet, and newer than the scope of the container that
+        # holds the same ID: left out before anything is compared.
+        self.spare = spare
         self.pod_resources_socket = pod_resources_socket
         # Read at each pass: a configuration reload may change them.
         self.resource = resource
@@ -97,7 +182,9 @@ class ScopeReconciler:
         """One pass; returns the ids of the scopes it deleted."""
         resource = self.resource()
         scopes = [
-            s for s in await self.xpud.scopes() if s.labels.get(SCOPE_RESOURCE_LABEL) == resource
+            s
+            for s in await self.xpud.scopes()
+            if s.labels.get(SCOPE_RESOURCE_LABEL) == resource and not self.spare(s.id)
         ]
         try:
             held = await held_device_ids(self.pod_resources_socket, resource)
