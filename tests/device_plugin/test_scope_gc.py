@@ -39,6 +39,16 @@ class Clock:
         return self.now
 
 
+def device0_scopes(xpud: XpudProcess, count: int) -> tuple[str, list[str]]:
+    """Device 0's UUID and `count` scopes of it, oldest first, as Allocate labels them."""
+    with xpud.client() as c:
+        uuid = c.inventory().devices[0].uuid
+        req = api.ScopeRequest(
+            devices=[api.ScopeDeviceRequest(id=uuid)], labels={"resource": RESOURCE}
+        )
+        return uuid, [c.create_scope(req).id for _ in range(count)]
+
+
 def scope_ids(xpud: XpudProcess) -> set[str]:
     with xpud.client() as c:
         return {s.id for s in c.scopes()}
@@ -94,12 +104,7 @@ async def test_of_two_scopes_for_one_containers_devices_the_newer_stays(
 ) -> None:
     """An init container's devices handed on to the app container: two Allocates, two
     scopes, one container holding the IDs; the init container's (older) scope goes."""
-    with xpud.client() as c:
-        uuid = c.inventory().devices[0].uuid
-        req = api.ScopeRequest(
-            devices=[api.ScopeDeviceRequest(id=uuid)], labels={"resource": RESOURCE}
-        )
-        init, app = c.create_scope(req).id, c.create_scope(req).id
+    uuid, (init, app) = device0_scopes(xpud, 2)
     pod_resources.pods = [pod("p", "ml", {"app": [uuid]})]
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
@@ -115,12 +120,7 @@ async def test_of_two_scopes_for_one_containers_devices_the_newer_stays(
 async def test_nothing_is_deleted_while_the_kubelet_cannot_be_asked(
     xpud: XpudProcess, short_root: Path
 ) -> None:
-    with xpud.client() as c:
-        uuid = c.inventory().devices[0].uuid
-        req = api.ScopeRequest(
-            devices=[api.ScopeDeviceRequest(id=uuid)], labels={"resource": RESOURCE}
-        )
-        kept = c.create_scope(req).id
+    _, (kept,) = device0_scopes(xpud, 1)
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
         gc = ScopeReconciler(
@@ -136,12 +136,7 @@ async def test_a_spare_is_left_alone_and_hides_no_containers_scope(
 ) -> None:
     """The plugin's spare scope for an ID is newer than the scope of the container holding
     that ID: counted as a scope, it would make the container's look like a duplicate."""
-    with xpud.client() as c:
-        uuid = c.inventory().devices[0].uuid
-        req = api.ScopeRequest(
-            devices=[api.ScopeDeviceRequest(id=uuid)], labels={"resource": RESOURCE}
-        )
-        used, spare = c.create_scope(req).id, c.create_scope(req).id
+    uuid, (used, spare) = device0_scopes(xpud, 2)
     pod_resources.pods = [pod("p", "ml", {"main": [uuid]})]
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
