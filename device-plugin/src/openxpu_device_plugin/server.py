@@ -21,7 +21,7 @@ from openxpu_device_plugin.resources import (
     ResourceManager,
 )
 from openxpu_runtime import api
-from openxpu_runtime.errors import Unreachable, XpuError
+from openxpu_runtime.errors import XpuError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def to_response(a: ContainerAllocation) -> pb.ContainerAllocateResponse:
 
 
 class Scopes(Protocol):
-    """xpud's admin API as Allocate uses it (`openxpu_runtime.client.AsyncXpudClient`)."""
+    """Where Allocate obtains scopes: `scopes.SparePool` (a spare made ahead, else xpud's
+    admin API)."""
 
     async def create_scope(self, req: api.ScopeRequest) -> api.Scope: ...
 
@@ -121,7 +122,7 @@ class DevicePluginService(rpc.DevicePluginServicer):
             except AllocationError as exc:
                 log.warning("refused Allocate %s: %s", ids, exc)
                 await self._abort(context, created, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except (Unreachable, XpuError) as exc:
+            except XpuError as exc:  # Unreachable included
                 log.error("Allocate %s: xpud did not create the scope: %s", ids, exc)
                 await self._abort(
                     context,
@@ -142,7 +143,7 @@ class DevicePluginService(rpc.DevicePluginServicer):
         # The kubelet starts no container of a failed Allocate: none of its scopes is used.
         # Deleted before answering, so whoever sees the error sees them gone.
         for scope_id in created:
-            with contextlib.suppress(Unreachable, XpuError):
+            with contextlib.suppress(XpuError):
                 await self.scopes.delete_scope(scope_id)
         await context.abort(code, details)
 
