@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -18,7 +20,7 @@ from openxpu_runtime.errors import PermissionDenied
 from openxpu_runtime.testing import XpudProcess
 from openxpu_runtime.xpu import XpuSession
 
-from .conftest import StartPlugin, eventually, scope_of
+from .conftest import StartPlugin, eventually, scope_dir, scope_of
 from .kubelet_peer import Devices, KubeletPeer
 
 pytestmark = pytest.mark.integration
@@ -462,3 +464,41 @@ async def test_a_reload_that_ignores_a_fault_rejudges_the_device_at_once(
     config.write_text("version: v1\nhealth:\n  disableHealthChecks: [48]\n")
     await kubelet.wait_devices(lambda d: all_health(d, "Healthy"), within=10)
     assert plugin.config.health.ignored_fault_codes == {48}
+
+
+async def test_a_container_keeps_its_scope_across_an_xpud_restart(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    """A driver upgrade restarts xpud under running containers: the scope, its socket path
+    (the container's mount) and its memory stay; xpu-smi there still shows device 0 only;
+    and the spares the plugin made before still serve after."""
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    ids = uuids(xpud)
+    await eventually("a spare scope for each device", lambda: len(scope_ids(xpud)) == 8)
+    (container,) = (await kubelet.allocate([ids[6]])).container_responses
+    socket = scope_dir(container) / "xpud.sock"
+    env = {**container.envs, "XPUD_SOCKET": str(socket)}
+    with XpuSession(name="survivor", env=env) as session:
+        session.malloc(1 << 20)
+        xpud.stop()
+        await kubelet.wait_devices(lambda d: all_health(d, "Unhealthy"))
+        xpud.start()
+        await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+        smi = await asyncio.to_thread(
+            subprocess.run,
+            ["xpu-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert smi.stdout.strip() == f"0, {ids[6]}"
+        with XpudClient(socket) as workload:
+            (process,) = workload.processes()
+        assert process.name == "survivor"
+        assert [(d.index, d.memory_used_bytes) for d in process.devices] == [(0, 1 << 20)]
+    (after,) = (await kubelet.allocate([ids[3]])).container_responses
+    with XpudClient(scope_dir(after) / "xpud.sock") as workload:
+        assert [d.uuid for d in workload.inventory().devices] == [ids[3]]
