@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import LabCluster
+from e2e.conftest import LabCluster, require_no_foreign_stack
 from openxpu_device_plugin.kubeletapi import pb
 from openxpu_device_plugin.resources import CDI_KIND
 
@@ -76,6 +76,7 @@ def pod_manifest(name: str, xpus: int, command: list[str]) -> str:
 @pytest.fixture(scope="module")
 def stack(lab_cluster: LabCluster) -> Iterator[LabCluster]:
     lab = lab_cluster
+    require_no_foreign_stack(lab)  # it applies demo/stack and deletes it at the end
     lab.kubectl("apply", "-f", str(DEMO / "stack"))
     try:
         for ds in DAEMONSETS:
