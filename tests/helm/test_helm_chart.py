@@ -54,7 +54,8 @@ def test_helm_lint_strict_passes_for_every_variant() -> None:
 
 def test_generated_chart_files_are_current() -> None:
     """values.schema.json from the policy models, crds/ from openxpu_operator.crd, files/
-    from the exporter, images.txt from `helm template`: none may drift."""
+    from the exporter, images.txt from `helm template`, the values reference in
+    docs/install.md from values.schema.json: none may drift."""
     files = {**chart_gen.generated(), chart_gen.IMAGES_FILE: chart_gen.images_txt()}
     stale = [str(p.relative_to(chart_gen.ROOT)) for p in chart_gen.stale(files)]
     assert not stale, f"stale (run `uv run python -m tests.helm.chart_gen`): {stale}"
