@@ -154,19 +154,21 @@ def installed_stack(kubectl: Kubectl) -> tuple[str, ...]:
     return tuple(found)
 
 
-def foreign_stack_reason(found: tuple[str, ...]) -> str | None:
-    """Why a test that installs and removes its own stack must not run, or None."""
+INSTALLS_ITS_OWN = "this test installs and removes its own and would destroy it"
+
+
+def foreign_stack_reason(found: tuple[str, ...], why: str = INSTALLS_ITS_OWN) -> str | None:
+    """Why a test must not run beside the stack found at the session's start, or None."""
     if not found:
         return None
     return (
-        f"the lab already runs an OpenXPU stack ({'; '.join(found)}), e.g. `make demo`'s: this "
-        "test installs and removes its own and would destroy it. Remove it first "
-        "(helm uninstall openxpu -n openxpu) to run this test"
+        f"the lab already runs an OpenXPU stack ({'; '.join(found)}), e.g. `make demo`'s: "
+        f"{why}. Remove it first (helm uninstall openxpu -n openxpu) to run this test"
     )
 
 
-def require_no_foreign_stack(lab: LabCluster) -> None:
-    reason = foreign_stack_reason(lab.foreign_stack)
+def require_no_foreign_stack(lab: LabCluster, why: str = INSTALLS_ITS_OWN) -> None:
+    reason = foreign_stack_reason(lab.foreign_stack, why)
     if reason:
         pytest.skip(reason)
 

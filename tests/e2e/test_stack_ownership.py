@@ -117,7 +117,8 @@ def test_a_stack_found_at_the_start_is_named_and_reused_only_when_ready(
     reason = foreign_stack_reason(found)
     assert reason is not None
     assert all(item in reason for item in found)
-    assert "helm uninstall" in reason
+    assert "installs and removes its own" in reason and "helm uninstall" in reason
+    assert "workers" in (foreign_stack_reason(found, "it adds workers") or "")
 
 
 def test_the_hand_applied_demo_stack_counts_as_a_stack(kubectl: Kubectl) -> None:
