@@ -107,10 +107,22 @@ def stack(lab_cluster: LabCluster) -> Iterator[LabCluster]:
         )
 
 
-def test_feature_discovery_labels_the_node(stack: LabCluster) -> None:
-    metadata = stack.kubectl_json("get", "node", stack.node_name)["metadata"]
+def _node_labels(lab: LabCluster) -> dict[str, str]:
+    metadata = lab.kubectl_json("get", "node", lab.node_name)["metadata"]
     assert isinstance(metadata, dict)
-    labels = metadata["labels"]
+    labels: dict[str, str] = metadata["labels"]
+    return labels
+
+
+def test_feature_discovery_labels_the_node(stack: LabCluster) -> None:
+    # Feature discovery and the plugin both wait for xpud; the labels may land just after the
+    # XPUs are allocatable (on a node an uninstall has cleaned, no older labels stand in).
+    wait_for(
+        "feature discovery's labels",
+        lambda: "openxpu.io/xpu.count" in _node_labels(stack),
+        timeout=90,
+    )
+    labels = _node_labels(stack)
     assert labels["openxpu.io/xpu.count"] == str(PROFILE_COUNT)
     assert labels["openxpu.io/xpu.product"] == "OpenXPU-X1-64GB"
     assert labels["openxpu.io/xpu.memory"] == "65536"
