@@ -85,6 +85,12 @@ def crd_exporter_fields(lab: LabCluster) -> set[str]:
     return set(schema["properties"]["spec"]["properties"]["exporter"]["properties"])
 
 
+def lease_holder(lab: LabCluster) -> str:
+    lease = lab.kubectl_json("get", "lease", "openxpu-operator", "-n", STACK_NAMESPACE)
+    spec = lease.get("spec")
+    return str((spec or {}).get("holderIdentity") or "") if isinstance(spec, dict) else ""
+
+
 def helm_test(lab: LabCluster, release: Release) -> str:
     out = lab.helm("test", release.name, "-n", release.namespace, "--timeout=5m", check=False)
     assert out.returncode == 0, f"helm test failed: {out.stdout}\n{out.stderr}"
@@ -185,8 +191,13 @@ def test_install_upgrade_from_the_previous_chart_and_uninstall(
         container = operator["status"]["containerStatuses"][0]
         assert operator["status"]["phase"] == "Running" and container["ready"]
         assert container["restartCount"] == 0, "the liveness probe never failed"
-        lease = lab.kubectl_json("get", "lease", "openxpu-operator", "-n", STACK_NAMESPACE)
-        assert lease["spec"]["holderIdentity"] == operator["metadata"]["name"]  # type: ignore[index]
+        # The new pod takes the Lease over (at once when the old one released it on SIGTERM,
+        # else when it expires); the Ready above may have been written by the old pod.
+        wait_for(
+            "the new operator pod to hold the Lease",
+            lambda: lease_holder(lab) == operator["metadata"]["name"],
+            timeout=90,
+        )
 
         helm_test(lab, release)
     finally:
