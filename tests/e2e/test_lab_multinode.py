@@ -22,13 +22,18 @@ import pytest
 from openxpu_lab import cleanup, nodes
 from openxpu_lab.settings import PROFILE_LABEL
 
-from .conftest import LabCluster
+from .conftest import LabCluster, require_no_foreign_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def three_nodes(lab_cluster: LabCluster) -> Iterator[list[str]]:
+    require_no_foreign_stack(
+        lab_cluster,
+        "its operator would put the driver on the new workers, whose own /dev/xpu* and "
+        "pod traffic this module checks",
+    )
     lab = lab_cluster.lab
     t0 = time.monotonic()
     res = lab.up(openxpu_image=False, nodes_count=3, node_profiles={"worker-2": "x1-4"})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import LabCluster
+from e2e.conftest import LabCluster, require_no_foreign_stack
 from openxpu_device_plugin.kubeletapi import pb
 from openxpu_device_plugin.resources import CDI_KIND
 
@@ -81,6 +81,7 @@ def pod_manifest(
 @pytest.fixture(scope="module")
 def stack(lab_cluster: LabCluster) -> Iterator[LabCluster]:
     lab = lab_cluster
+    require_no_foreign_stack(lab)  # it applies demo/stack and deletes it at the end
     lab.kubectl("apply", "-f", str(DEMO / "stack"))
     try:
         for ds in DAEMONSETS:
@@ -111,10 +112,22 @@ def stack(lab_cluster: LabCluster) -> Iterator[LabCluster]:
         )
 
 
-def test_feature_discovery_labels_the_node(stack: LabCluster) -> None:
-    metadata = stack.kubectl_json("get", "node", stack.node_name)["metadata"]
+def _node_labels(lab: LabCluster) -> dict[str, str]:
+    metadata = lab.kubectl_json("get", "node", lab.node_name)["metadata"]
     assert isinstance(metadata, dict)
-    labels = metadata["labels"]
+    labels: dict[str, str] = metadata["labels"]
+    return labels
+
+
+def test_feature_discovery_labels_the_node(stack: LabCluster) -> None:
+    # Feature discovery and the plugin both wait for xpud; the labels may land just after the
+    # XPUs are allocatable (on a node an uninstall has cleaned, no older labels stand in).
+    wait_for(
+        "feature discovery's labels",
+        lambda: "openxpu.io/xpu.count" in _node_labels(stack),
+        timeout=90,
+    )
+    labels = _node_labels(stack)
     assert labels["openxpu.io/xpu.count"] == str(PROFILE_COUNT)
     assert labels["openxpu.io/xpu.product"] == "OpenXPU-X1-64GB"
     assert labels["openxpu.io/xpu.memory"] == "65536"

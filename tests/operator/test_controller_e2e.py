@@ -10,13 +10,19 @@ import glob
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from e2e.conftest import COLD_START_TIMEOUT, LabCluster, lab_cluster  # noqa: F401 (fixture)
+from e2e.conftest import (  # noqa: F401 (lab_cluster: a fixture)
+    COLD_START_TIMEOUT,
+    LabCluster,
+    lab_cluster,
+    require_no_foreign_stack,
+    wait_for,
+)
 from operator_process import CRD_PATH, RBAC_PATH, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(COLD_START_TIMEOUT)]
@@ -32,16 +38,6 @@ SPEC: dict[str, Any] = {
 }
 CLEANUP_TIMEOUT = 180
 HOST_FILES = ("/opt/openxpu/driver", "/run/openxpu", "/var/run/cdi/openxpu.io-xpu.yaml")
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 240) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _operator_kubeconfig(lab: LabCluster, target: Path) -> Path:
@@ -71,6 +67,7 @@ def _ready(lab: LabCluster) -> dict[str, Any]:
 @pytest.fixture
 def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabCluster]:  # noqa: F811
     lab = lab_cluster
+    require_no_foreign_stack(lab)  # it deletes the CRD (and so every policy) at the end
     lab.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
     lab.kubectl("wait", "--for=condition=Established", "crd/xpuclusterpolicies.openxpu.io")
     lab.kubectl("create", "namespace", NAMESPACE, check=False)

@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e.conftest import COLD_START_TIMEOUT, LabCluster, lab_cluster  # noqa: F401 (fixture)
+from e2e.conftest import (  # noqa: F401 (lab_cluster: a fixture)
+    COLD_START_TIMEOUT,
+    LabCluster,
+    lab_cluster,
+    require_no_foreign_stack,
+)
 
 from openxpu_operator.policy import load_policy
 from openxpu_operator.render import OPERANDS, RenderContext, deploy_label, render_operands
@@ -56,6 +61,7 @@ def _node_labels(lab: LabCluster) -> dict[str, str]:
 @pytest.fixture
 def policy(lab_cluster: LabCluster) -> Iterator[dict[str, Any]]:  # noqa: F811
     lab = lab_cluster
+    require_no_foreign_stack(lab)  # it removes demo/stack's operands and deletes the CRD
     demo = [a for f in DEMO_STACK for a in ("-f", f)]
     lab.kubectl("delete", *demo, "--ignore-not-found", "--wait", timeout=180)
     lab.kubectl("apply", "--server-side", "-f", str(CRD))
