@@ -27,6 +27,8 @@ DEFAULT_RESOURCE = "openxpu.io/xpu"
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_XPUD_SOCKET = "/run/openxpu/xpud.sock"
 DEFAULT_CDI_SPEC_DIR = "/var/run/cdi"
+# The installed driver version's files, as xpu-driver lays them out (`current` follows upgrades).
+DEFAULT_DRIVER_ROOT = "/opt/openxpu/driver/current"
 
 # An extended resource name: a DNS subdomain prefix, then a name the kubelet accepts.
 _RESOURCE_RE = re.compile(
@@ -108,6 +110,11 @@ class Flags(_Strict):
     plugin_dir: str = Field(default=DEFAULT_PLUGIN_DIR, alias="pluginDir", min_length=1)
     xpud_socket: str = Field(default=DEFAULT_XPUD_SOCKET, alias="xpudSocket", min_length=1)
     cdi_spec_dir: str = Field(default=DEFAULT_CDI_SPEC_DIR, alias="cdiSpecDir", min_length=1)
+    # libnvidia-ml.so.1 and nvidia-smi from the driver root into every XPU container.
+    nvidia_compat: bool = Field(default=True, alias="nvidiaCompat")
+    driver_root: str = Field(
+        default=DEFAULT_DRIVER_ROOT, alias="driverRoot", min_length=2, pattern=r"^/"
+    )
 
     @field_validator("resource_name")
     @classmethod
@@ -232,6 +239,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(("flags", "pluginDir"), "plugin_dir", "kubelet device-plugin dir", ("PLUGIN_DIR",)),
     Setting(("flags", "xpudSocket"), "xpud_socket", "xpud's API socket", ("XPUD_SOCKET",)),
     Setting(("flags", "cdiSpecDir"), "cdi_spec_dir", "where the CDI spec goes", ("CDI_SPEC_DIR",)),
+    Setting(
+        ("flags", "nvidiaCompat"),
+        "nvidia_compat",
+        "mount libnvidia-ml.so.1 and nvidia-smi into XPU containers (true/false)",
+    ),
+    Setting(("flags", "driverRoot"), "driver_root", "the installed driver's files"),
     Setting(
         ("sharing", "timeSlicing", "replicas"), "replicas", "time-slicing replicas", ("REPLICAS",)
     ),

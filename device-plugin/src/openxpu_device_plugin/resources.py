@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from openxpu_device_plugin import preferred
+from openxpu_device_plugin import compat, preferred
 from openxpu_device_plugin.config import Config, DeviceIDStrategy, DeviceListStrategy
 from openxpu_runtime import api
 
@@ -251,6 +251,7 @@ class ResourceManager:
         xpus = [x for x, _ in per_device.values()]
         by_index = cfg.flags.device_id_strategy is DeviceIDStrategy.INDEX
         out = ContainerAllocation()
+        out.mounts += [MountSpec(c, h, True) for c, h in compat.mounts(cfg.flags)]
         out.envs["XPU_VISIBLE_DEVICES"] = ",".join(
             str(x.index) if by_index else x.uuid for x in xpus
         )
