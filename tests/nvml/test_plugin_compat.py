@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from openxpu_device_plugin import compat
+from openxpu_device_plugin import cdi, compat
 from openxpu_device_plugin.config import ConfigError, ConfigSource, Flags
 from openxpu_operator.policy import load_policy
 from openxpu_operator.render import RenderContext, render_operands
@@ -87,3 +87,23 @@ def test_the_policy_turns_it_off_for_the_driver_and_the_plugin() -> None:
     assert command[-1] == "--no-nvidia-compat"
     # The plugin stops at once; a driver keeps its files until it is next installed.
     assert config["flags"]["nvidiaCompat"] is False
+
+
+def test_the_cdi_spec_carries_them_for_every_device(tmp_path: Path) -> None:
+    """As NVIDIA's CDI spec carries its driver's files: a runtime injecting any
+    `openxpu.io/xpu=...` name mounts them, Kubernetes or not."""
+    root = driver_root(tmp_path)
+    spec = compat.add_to_cdi(
+        cdi.build_spec([], "/run/openxpu/xpud.sock"),
+        flags(OPENXPU_DEVICE_PLUGIN_DRIVER_ROOT=str(root)),
+    )
+    mounts = spec["containerEdits"]["mounts"]
+    assert [(m["containerPath"], m["hostPath"]) for m in mounts[-3:]] == compat.mounts(
+        flags(OPENXPU_DEVICE_PLUGIN_DRIVER_ROOT=str(root))
+    )
+    assert all(m["options"] == ["ro", "nosuid", "nodev", "bind"] for m in mounts[-3:])
+    off = compat.add_to_cdi(
+        cdi.build_spec([], "/run/openxpu/xpud.sock"),
+        flags(OPENXPU_DEVICE_PLUGIN_DRIVER_ROOT=str(root), OPENXPU_DEVICE_PLUGIN_NVIDIA_COMPAT="0"),
+    )
+    assert off == cdi.build_spec([], "/run/openxpu/xpud.sock")

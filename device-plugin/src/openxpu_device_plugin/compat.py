@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from openxpu_device_plugin.config import Flags
+
+if TYPE_CHECKING:  # cdi imports resources, which imports this module
+    from openxpu_device_plugin.cdi import CdiMount, CdiSpec
 
 LIBRARY = "libnvidia-ml.so.1"
 # The multiarch directory of Debian and Ubuntu images: the loader searches it without an
@@ -32,3 +36,15 @@ def mounts(flags: Flags) -> list[tuple[str, str]]:
         (CONTAINER_LIBRARY, str(library)),
         (CONTAINER_SMI, str(root / "bin" / "nvidia-smi")),
     ]
+
+
+def add_to_cdi(spec: CdiSpec, flags: Flags) -> CdiSpec:
+    """The same mounts in the CDI spec's edits for every device, as NVIDIA's CDI spec carries
+    its driver's files: what a container runtime injects with `openxpu.io/xpu=...`."""
+    edits: list[CdiMount] = [
+        {"hostPath": host, "containerPath": container, "options": ["ro", "nosuid", "nodev", "bind"]}
+        for container, host in mounts(flags)
+    ]
+    if edits:
+        spec.setdefault("containerEdits", {}).setdefault("mounts", []).extend(edits)
+    return spec

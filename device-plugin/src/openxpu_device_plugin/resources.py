@@ -251,7 +251,6 @@ class ResourceManager:
         xpus = [x for x, _ in per_device.values()]
         by_index = cfg.flags.device_id_strategy is DeviceIDStrategy.INDEX
         out = ContainerAllocation()
-        out.mounts += [MountSpec(c, h, True) for c, h in compat.mounts(cfg.flags)]
         out.envs["XPU_VISIBLE_DEVICES"] = ",".join(
             str(x.index) if by_index else x.uuid for x in xpus
         )
@@ -262,10 +261,11 @@ class ResourceManager:
                 out.envs[f"XPU_MEMORY_LIMIT_{i}"] = str(min(limit * count, x.memory_total_bytes))
         strategies = set(cfg.flags.device_list_strategy)
         if DeviceListStrategy.CDI in strategies:
-            # The runtime injects nodes and the socket mount from the CDI spec.
+            # The runtime injects nodes, the socket and NVIDIA's names from the CDI spec.
             out.cdi_devices = [f"{CDI_KIND}={x.uuid}" for x in xpus]
             return out
         out.mounts.append(self._socket_mount)
+        out.mounts += [MountSpec(c, h, True) for c, h in compat.mounts(cfg.flags)]
         if DeviceListStrategy.DEVICE_SPECS in strategies:
             for x in xpus:
                 if x.is_device_node:
