@@ -264,6 +264,9 @@ def test_openxpu_image_builds_and_a_warm_start_never_runs_buildah(
         f.startswith("opt/openxpu/lib/python3.11/site-packages/openxpu_runtime") for f in files
     )
     assert "tmp/wheels" not in files and "tmp/requirements.txt" not in files
+    # The NVML library xpu-driver installs, where the image's XPU_NVML_LIBRARY says.
+    assert "usr/lib/openxpu/libnvidia-ml.so.1" in files
+    assert "XPU_NVML_LIBRARY=/usr/lib/openxpu/libnvidia-ml.so.1" in cfg["Env"]
     # The pip step's secrets (host pip settings, proxy CA) left nothing behind.
     assert "etc/pip.conf" not in files and "run/pip-ca.crt" not in files
     assert not any(f.startswith("run/secrets") for f in files)

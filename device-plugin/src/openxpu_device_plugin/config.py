@@ -28,6 +28,8 @@ DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_XPUD_SOCKET = "/run/openxpu/xpud.sock"
 DEFAULT_CDI_SPEC_DIR = "/var/run/cdi"
 DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+# The installed driver version's files, as xpu-driver lays them out (`current` follows upgrades).
+DEFAULT_DRIVER_ROOT = "/opt/openxpu/driver/current"
 
 # An extended resource name: a DNS subdomain prefix, then a name the kubelet accepts.
 _RESOURCE_RE = re.compile(
@@ -115,6 +117,11 @@ class Flags(_Strict):
         default=DEFAULT_POD_RESOURCES_SOCKET, alias="podResourcesSocket", min_length=1
     )
     scope_grace_period: float = Field(default=60.0, alias="scopeGracePeriod", gt=0, le=86_400)
+    # libnvidia-ml.so.1 and nvidia-smi from the driver root into every XPU container.
+    nvidia_compat: bool = Field(default=True, alias="nvidiaCompat")
+    driver_root: str = Field(
+        default=DEFAULT_DRIVER_ROOT, alias="driverRoot", min_length=2, pattern=r"^/"
+    )
 
     @field_validator("resource_name")
     @classmethod
@@ -249,6 +256,12 @@ SETTINGS: tuple[Setting, ...] = (
         "scope_grace_period",
         "seconds a scope may go unheld by any container before it is deleted",
     ),
+    Setting(
+        ("flags", "nvidiaCompat"),
+        "nvidia_compat",
+        "mount libnvidia-ml.so.1 and nvidia-smi into XPU containers (true/false)",
+    ),
+    Setting(("flags", "driverRoot"), "driver_root", "the installed driver's files"),
     Setting(
         ("sharing", "timeSlicing", "replicas"), "replicas", "time-slicing replicas", ("REPLICAS",)
     ),

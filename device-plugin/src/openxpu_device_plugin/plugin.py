@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from openxpu_device_plugin import cdi
+from openxpu_device_plugin import cdi, compat
 from openxpu_device_plugin.config import Config, ConfigError, ConfigSource, watch_config
 from openxpu_device_plugin.health import Backoff, HealthWatcher
 from openxpu_device_plugin.registration import (
@@ -127,6 +127,7 @@ class DevicePlugin:
         if not self.rm.reachable:
             return
         spec = cdi.build_spec(self.rm.xpus, self.config.flags.xpud_socket)
+        spec = compat.add_to_cdi(spec, self.config.flags)
         try:
             if cdi.write_spec(Path(self.config.flags.cdi_spec_dir), spec):
                 log.info("wrote CDI spec %s", Path(self.config.flags.cdi_spec_dir) / cdi.SPEC_NAME)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from openxpu_device_plugin import preferred
+from openxpu_device_plugin import compat, preferred
 from openxpu_device_plugin.config import Config, DeviceIDStrategy, DeviceListStrategy
 from openxpu_runtime import api
 
@@ -323,6 +323,8 @@ class ResourceManager:
             # mounts above next to them.
             out.cdi_devices = [f"{CDI_KIND}={x.uuid}" for x in plan.xpus]
             return out
+        # NVIDIA's library and nvidia-smi; with CDI the spec's global edits carry them.
+        out.mounts += [MountSpec(c, h, True) for c, h in compat.mounts(self._config.flags)]
         if DeviceListStrategy.DEVICE_SPECS in strategies:
             for x in plan.xpus:
                 if x.is_device_node:

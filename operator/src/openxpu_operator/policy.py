@@ -402,6 +402,12 @@ class DriverSpec(Spec):
         default_factory=UpgradePolicySpec,
         description="How driver upgrades roll across nodes.",
     )
+    nvidia_compat: bool = Field(
+        default=True,
+        description="Install libnvidia-ml.so.1 (NVML's C ABI) and nvidia-smi with the driver, "
+        "so NVIDIA's tools work unchanged; the device plugin mounts them into XPU containers. "
+        "Takes effect when a node's driver is next installed.",
+    )
 
     @field_validator("version")
     @classmethod

@@ -147,6 +147,8 @@ def _plugin_config(spec: XPUClusterPolicySpec) -> dict[str, Any]:
     if spec.cdi.default:
         # CDI as the only way devices reach containers: CDI names in Allocate, nothing else.
         data["flags"]["deviceListStrategy"] = [DeviceListStrategy.CDI.value]
+    if not spec.driver.nvidia_compat:
+        data["flags"]["nvidiaCompat"] = False  # at once: a driver keeps its files until reinstalled
     text = yaml.safe_dump(data, sort_keys=False)
     return {"yaml": text, "hash": _digest(data), "resource": config.advertised_resource}
 

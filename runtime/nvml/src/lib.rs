@@ -301,7 +301,7 @@ pub extern "C" fn nvmlDeviceGetIndex(device: Handle, index: *mut c_uint) -> Ret 
 
 #[no_mangle]
 pub extern "C" fn nvmlDeviceGetMinorNumber(device: Handle, minor: *mut c_uint) -> Ret {
-    guard(|| with_device(device, |s, i| put(minor, s.devices[i].host_index)))
+    guard(|| with_device(device, |s, i| put(minor, s.devices[i].minor_number())))
 }
 
 #[no_mangle]

@@ -22,6 +22,7 @@ const PREFETCH_LEAD_SHARE: u32 = 2;
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 pub struct Device {
+    // The index the socket numbers the device by: the host's, or a scope's 0..n-1.
     pub host_index: u32,
     pub info: DeviceInfo,
     pub cpus: Vec<usize>,
@@ -33,6 +34,12 @@ impl Device {
     }
     pub fn shutdown_celsius(&self) -> f64 {
         self.info.shutdown_celsius.unwrap_or(DEFAULT_SHUTDOWN_CELSIUS)
+    }
+    /// The N of the device node `/dev/xpuN`, as NVML's minor number is that of /dev/nvidiaN:
+    /// the host's N in a container too.
+    pub fn minor_number(&self) -> u32 {
+        let name = self.info.device_path.rsplit('/').next().unwrap_or("");
+        name.strip_prefix("xpu").and_then(|n| n.parse().ok()).unwrap_or(self.host_index)
     }
     /// Emulated PCI location: domain 0, 32 devices per bus from bus 1.
     pub fn pci_location(&self) -> (u32, u32, u32) {

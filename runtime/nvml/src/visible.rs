@@ -70,6 +70,7 @@ mod tests {
                 max_clock_mhz: 1,
                 link_group: 0,
                 numa_node: 0,
+                device_path: format!("/dev/xpu{i}"),
                 slowdown_celsius: None,
                 shutdown_celsius: None,
             })

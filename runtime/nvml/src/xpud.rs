@@ -27,6 +27,9 @@ pub struct DeviceInfo {
     pub max_clock_mhz: u32,
     pub link_group: u32,
     pub numa_node: u32,
+    // The host's /dev/xpuN, also through a scope socket (where `index` is the scope's).
+    #[serde(default)]
+    pub device_path: String,
     // Not in API v1 yet; until xpud reports them the profile defaults apply.
     #[serde(default)]
     pub slowdown_celsius: Option<f64>,

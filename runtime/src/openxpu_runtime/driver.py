@@ -2,7 +2,10 @@
 
 Install copies this runtime (the `openxpu_runtime` package) to
 ROOT/opt/openxpu/driver/<version>/lib, points the `current` link at it, writes the xpu-smi
-shim to ROOT/usr/local/bin, creates the /dev/xpuN nodes and starts xpud from that copy.
+shim to ROOT/usr/local/bin and <version>/bin, creates the /dev/xpuN nodes and starts xpud
+from that copy. With NVIDIA compatibility (the default) it also installs libnvidia-ml.so.1
+in <version>/lib and `nvidia-smi` links to the shim beside each xpu-smi: what the device
+plugin mounts into XPU containers.
 A version is that copy: xpud and xpu-smi run its files, with the installer's Python and
 third-party libraries. Installing another version is an in-place upgrade: xpud stops
 (saving its state), the files are swapped, and the new version's xpud resumes from the
@@ -23,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import openxpu_runtime
 from openxpu_runtime.client import wait_until_answering
@@ -38,12 +41,23 @@ START_TIMEOUT_SECONDS = 20.0
 # A version names a directory under ROOT/opt/openxpu/driver: one plain path component.
 VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 CURRENT = "current"
-# -P: the caller's working directory must not shadow the installed package.
+# -P: the caller's working directory must not shadow the installed package. XPU_SMI_NAME:
+# `python -m` hides the name the shim was called by, and as `nvidia-smi` it answers as such.
+# In a container the installer's Python is absent: the image's python3 runs the queries
+# (they use the standard library only).
 SMI_SHIM = """#!/bin/sh
 # Installed by xpu-driver {version}.
 export XPUD_SOCKET="${{XPUD_SOCKET:-{socket}}}"
-PYTHONPATH="{lib}${{PYTHONPATH:+:$PYTHONPATH}}" exec {python} -P -m openxpu_runtime.smi "$@"
+export XPU_SMI_NAME="${{0##*/}}"
+python={python}
+[ -x "$python" ] || python=python3
+PYTHONPATH="{lib}${{PYTHONPATH:+:$PYTHONPATH}}" exec "$python" -P -m openxpu_runtime.smi "$@"
 """
+SMI = "xpu-smi"
+NVIDIA_SMI = "nvidia-smi"
+NVML_LIBRARY = "libnvidia-ml.so.1"
+# Where the library to install is: the image sets this; a checkout has `make setup`'s build.
+NVML_LIBRARY_ENV = "XPU_NVML_LIBRARY"
 
 
 class DriverError(Exception):
@@ -67,12 +81,27 @@ def is_xpud(pid: int) -> bool:
     return pid != os.getpid() and XPUD_MODULE.encode() in cmdline
 
 
+def nvml_library() -> Path:
+    """The libnvidia-ml.so.1 this installer installs: $XPU_NVML_LIBRARY, else the build in
+    the source checkout this runtime runs from."""
+    given = os.environ.get(NVML_LIBRARY_ENV)
+    if given:
+        return Path(given)
+    checkout = Path(openxpu_runtime.__file__).resolve().parents[2]  # runtime/ in a checkout
+    return checkout / "nvml" / "lib" / NVML_LIBRARY
+
+
+def is_our_link(path: Path) -> bool:
+    return path.is_symlink() and os.readlink(path) == SMI
+
+
 class Installed(TypedDict):
     version: str
     installed_at: float
     previous: str | None
     profile: str
     node: str
+    nvidia_compat: NotRequired[bool]
 
 
 class Driver:
@@ -135,7 +164,12 @@ class Driver:
             raise DriverError(f"xpud (pid {pid}) did not stop within {STOP_TIMEOUT_SECONDS}s")
         self.pidfile.unlink(missing_ok=True)
 
-    def put_files(self, version: str) -> None:
+    @property
+    def host_bin(self) -> Path:
+        return self.paths.root / "usr/local/bin"
+
+    def put_files(self, version: str, nvml: Path | None) -> None:
+        """The version's files; with `nvml` (the library to install) NVIDIA's names too."""
         lib = self.lib(version)  # a checked name: never a path outside driver_dir
         if lib.parent.exists():
             shutil.rmtree(lib.parent)
@@ -144,23 +178,36 @@ class Driver:
             lib / "openxpu_runtime",
             ignore=shutil.ignore_patterns("__pycache__"),
         )
+        if nvml is not None:
+            shutil.copyfile(nvml, lib / NVML_LIBRARY)
+            (lib / NVML_LIBRARY).chmod(0o755)
         current = self.paths.driver_dir / CURRENT
         tmp = self.paths.driver_dir / ".current.new"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(version)
         os.replace(tmp, current)  # switch versions atomically
-        bindir = self.paths.root / "usr/local/bin"
-        bindir.mkdir(parents=True, exist_ok=True)
-        shim = bindir / "xpu-smi"
-        shim.write_text(
-            SMI_SHIM.format(
-                version=version,
-                python=sys.executable,
-                lib=current / "lib",
-                socket=self.paths.socket,
-            )
+        # The same shim in both places: it runs `current`'s copy, and in a container the
+        # device plugin mounts the version's directory at that same path.
+        shim = SMI_SHIM.format(
+            version=version, python=sys.executable, lib=current / "lib", socket=self.paths.socket
         )
-        shim.chmod(0o755)
+        for bindir in (lib.parent / "bin", self.host_bin):
+            bindir.mkdir(parents=True, exist_ok=True)
+            (bindir / SMI).write_text(shim)
+            (bindir / SMI).chmod(0o755)
+            self.put_nvidia_smi(bindir / NVIDIA_SMI, nvml is not None)
+
+    def put_nvidia_smi(self, link: Path, wanted: bool) -> None:
+        """`nvidia-smi` as a link to the xpu-smi beside it; a real nvidia-smi (anything but
+        our link) is never replaced nor removed."""
+        if is_our_link(link):
+            link.unlink()
+        elif link.exists() or link.is_symlink():
+            if wanted:
+                print(f"xpu-driver: {link} exists and is not ours: left as it is", file=sys.stderr)
+            return
+        if wanted:
+            link.symlink_to(SMI)
 
     def xpud_command(
         self, version: str, profile: str, count: int | None, node: str, extra: list[str]
@@ -210,14 +257,21 @@ class Driver:
         node: str,
         extra: list[str],
         foreground: bool,
+        nvidia_compat: bool = True,
     ) -> int:
         check_version(version)  # fail before touching anything
         spec = load_profile(profile, count)
+        nvml = nvml_library() if nvidia_compat else None
+        if nvml is not None and not nvml.is_file():
+            raise DriverError(
+                f"{nvml} not found: build it (make setup), name it in ${NVML_LIBRARY_ENV}, "
+                "or install with --no-nvidia-compat"
+            )
         before = self.installed()
         if before and before["version"] != version:
             print(f"xpu-driver: upgrading {before['version']} -> {version}")
         self.stop_xpud()
-        self.put_files(version)
+        self.put_files(version, nvml)
         devnodes.create(self.paths.device_dir, spec.count, devnodes.default_kind())
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.record.write_text(
@@ -228,6 +282,7 @@ class Driver:
                     previous=before["version"] if before and before["version"] != version else None,
                     profile=profile,
                     node=node,
+                    nvidia_compat=nvidia_compat,
                 )
             )
         )
@@ -261,7 +316,8 @@ class Driver:
         self.stop_xpud()
         devnodes.remove(self.paths.device_dir)
         shutil.rmtree(self.paths.driver_dir, ignore_errors=True)
-        (self.paths.root / "usr/local/bin/xpu-smi").unlink(missing_ok=True)
+        self.put_nvidia_smi(self.host_bin / NVIDIA_SMI, wanted=False)
+        (self.host_bin / SMI).unlink(missing_ok=True)
         shutil.rmtree(self.paths.run_dir, ignore_errors=True)
         self.record.unlink(missing_ok=True)
         if purge:
@@ -289,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--count", type=int)
     inst.add_argument("--node", default=os.environ.get("NODE_NAME") or os.uname().nodename)
     inst.add_argument("--foreground", action="store_true", help="exec xpud (for containers)")
+    inst.add_argument(
+        "--nvidia-compat",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"install {NVML_LIBRARY} and nvidia-smi for NVIDIA's tools (default: on)",
+    )
     recovery = inst.add_mutually_exclusive_group()
     recovery.add_argument(
         "--reset-state",
@@ -319,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.node,
                 (args.recovery or []) + args.xpud_arg,
                 args.foreground,
+                args.nvidia_compat,
             )
         if args.command == "uninstall":
             return driver.uninstall(args.purge)

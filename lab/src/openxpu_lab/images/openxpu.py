@@ -1,5 +1,6 @@
 """The OpenXPU image: wheels of the workspace packages, their dependencies exported from
-uv.lock (requirements.txt, hash-pinned), and images/openxpu/Dockerfile."""
+uv.lock (requirements.txt, hash-pinned), the NVML library built from runtime/nvml, and
+images/openxpu/Dockerfile."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ OPENXPU_NAME = "openxpu/openxpu:dev"
 BUILDER = "buildah bud"
 # The component folders whose packages go into the image, when they exist.
 MEMBERS = ("runtime", "device-plugin", "exporter", "operator")
+# libnvidia-ml.so.1: its sources are part of the key; `make nvml` builds it (cargo).
+NVML_DIR = Path("runtime/nvml")
+NVML_SOURCES = ("Cargo.toml", "Cargo.lock", "build.rs", "src")
+NVML_LIBRARY = NVML_DIR / "lib" / "libnvidia-ml.so.1"
 
 
 def repo_root() -> Path:
@@ -42,18 +47,22 @@ def members(repo: Path) -> list[Path]:
 
 
 def source_key(repo: Path) -> str:
-    """Hash of the Dockerfile, uv.lock and every member's sources: the image's cache key
-    (computed before building anything, so a warm start costs only this hash)."""
+    """Hash of the Dockerfile, uv.lock, every member's sources and the NVML library's: the
+    image's cache key (computed before building anything, so a warm start costs only this
+    hash)."""
     h = hashlib.sha256()
     h.update(BUILDER.encode())
     h.update((repo / "images" / "openxpu" / "Dockerfile").read_bytes())
     h.update((repo / "uv.lock").read_bytes())  # the image installs what the lock pins
+    files: list[Path] = []
     for m in members(repo):
-        files = [m / "pyproject.toml", *sorted((m / "src").rglob("*"))]
-        for f in files:
-            if f.is_file() and "__pycache__" not in f.parts:
-                h.update(str(f.relative_to(repo)).encode())
-                h.update(f.read_bytes())
+        files += [m / "pyproject.toml", *sorted((m / "src").rglob("*"))]
+    for source in (repo / NVML_DIR / s for s in NVML_SOURCES):
+        files += [source] if source.is_file() else sorted(source.rglob("*"))
+    for f in files:
+        if f.is_file() and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(repo)).encode())
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -85,6 +94,14 @@ def build_wheels(repo: Path, out: Path, progress: Progress) -> None:
                     ],
                     timeout=600,
                 )
+
+
+def build_nvml(repo: Path, out: Path, progress: Progress) -> None:
+    """The library as `make setup` builds it (a no-op when it is up to date), into `out`."""
+    with progress.step("building libnvidia-ml.so.1 (cargo)"):
+        run(["make", "-s", "nvml"], cwd=repo, timeout=1800)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(repo / NVML_LIBRARY, out / NVML_LIBRARY.name)
 
 
 def export_requirements(repo: Path, out: Path, progress: Progress) -> None:
@@ -121,6 +138,7 @@ def ensure_image(progress: Progress, force: bool = False) -> Path:
         shutil.copy2(repo / "images" / "openxpu" / "Dockerfile", ctx / "Dockerfile")
         build_wheels(repo, ctx / "wheels", progress)
         export_requirements(repo, ctx / "requirements.txt", progress)
+        build_nvml(repo, ctx / "nvml", progress)
         paths.images_dir().mkdir(parents=True, exist_ok=True)
         builder.build(ctx / "Dockerfile", ctx, OPENXPU_NAME, out, progress)
     for old in paths.images_dir().glob("openxpu-*.tar"):
