@@ -171,7 +171,12 @@ class Operator:
     """One `openxpu-operator run` process."""
 
     def __init__(
-        self, kubeconfig: Path, identity: str, log: Path, cleanup_timeout: float = CLEANUP_TIMEOUT
+        self,
+        kubeconfig: Path,
+        identity: str,
+        log: Path,
+        cleanup_timeout: float = CLEANUP_TIMEOUT,
+        resync_seconds: float = RESYNC_SECONDS,
     ) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
@@ -182,7 +187,7 @@ class Operator:
                 str(OPERATOR),
                 "run",
                 "--resync-seconds",
-                str(RESYNC_SECONDS),
+                str(resync_seconds),
                 "--cleanup-timeout",
                 str(cleanup_timeout),
                 "--lease-seconds",
@@ -231,8 +236,9 @@ def running(
     tmp: Path,
     identity: str = "replica-a",
     cleanup_timeout: float = CLEANUP_TIMEOUT,
+    resync_seconds: float = RESYNC_SECONDS,
 ) -> Iterator[Operator]:
-    op = Operator(kubeconfig, identity, tmp / f"{identity}.log", cleanup_timeout)
+    op = Operator(kubeconfig, identity, tmp / f"{identity}.log", cleanup_timeout, resync_seconds)
     try:
         yield op
     finally:
