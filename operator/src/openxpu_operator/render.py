@@ -201,7 +201,9 @@ def _wait_for(spec: XPUClusterPolicySpec) -> Callable[[str], dict[str, Any]]:
             "command": [
                 "sh",
                 "-c",
-                f"until [ -f {barrier} ]; do echo waiting for the barrier {barrier}; sleep 5; done",
+                # A test of a file each second costs nothing; each second slept here
+                # is a second of the operand chain (driver -> ... -> workload validation).
+                f"until [ -f {barrier} ]; do echo waiting for the barrier {barrier}; sleep 1; done",
             ],
             "securityContext": {
                 "runAsUser": 65534,
