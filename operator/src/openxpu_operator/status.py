@@ -3,7 +3,8 @@
 `compute_status(observation)` turns the rendered operands, the DaemonSets and Jobs the API
 server holds, their pods and the XPU nodes into the policy's status: per-operand rollout
 with the first failing node or pod, one condition per operand, the per-node summary and the
-roll-up (`Ready` and `Error`). Reasons are CamelCase and listed in docs/operator-controller.md.
+roll-up (`Ready` and `Error`). Reasons are CamelCase; docs/operator.md says what each
+means and what to do about it (a test keeps every one there).
 """
 
 from __future__ import annotations
