@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Cluster, needs_etcd
+from operator_process import node_body
 
 from openxpu_operator.kube import Kube
 from openxpu_operator.manager import reconcile
@@ -59,7 +60,7 @@ async def kube(cluster: Cluster) -> AsyncIterator[Kube]:
 def nodes(cluster: Cluster) -> Iterator[list[str]]:
     names = ["pass-1", "pass-2"]
     for name in names:
-        r = cluster.http.post("/api/v1/nodes", json={"metadata": {"name": name}})
+        r = cluster.http.post("/api/v1/nodes", json=node_body(name))
         assert r.status_code == 201, r.text
     yield names
     for name in [*names, "pass-3"]:
@@ -107,14 +108,29 @@ async def test_an_unchanged_cluster_costs_no_writes_and_drift_is_put_back(
         live = cluster.http.get(path).json()["spec"]["template"]["spec"]["containers"][0]
         assert live["image"] == container["image"]
 
-        # A new node: its labels and its validation Job, nothing else.
-        r = cluster.http.post("/api/v1/nodes", json={"metadata": {"name": "pass-3"}})
+        # A new node whose device plugin has not registered: labelled, and no Job yet (its
+        # pod could not be scheduled); the status says what it waits for.
+        r = cluster.http.post("/api/v1/nodes", json=node_body("pass-3", xpus=0))
         assert r.status_code == 201, r.text
         writes.reset()
+        waiting = await reconcile(kube, policy, NAMESPACE, [])
+        assert (writes.labelled, writes.applied) == (["pass-3"], [])
+        validation = next(o for o in waiting.status.operands if o.name == "workload-validation")
+        assert validation.reason == "XPUsNotAdvertised" and "pass-3" in validation.message
+        assert (validation.desired, validation.ready) == (3, 0)
+
+        # Its XPUs advertised: its validation Job, nothing else.
+        xpus = {"openxpu.io/xpu": "2"}
+        r = cluster.http.patch(
+            "/api/v1/nodes/pass-3/status",
+            json={"status": {"capacity": xpus, "allocatable": xpus}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert r.status_code == 200, r.text
+        writes.reset()
         await reconcile(kube, policy, NAMESPACE, [])
-        assert writes.labelled == ["pass-3"]
-        assert [w for w in writes.applied if not w.startswith("Job/")] == []
-        assert len(writes.applied) == 1
+        assert writes.labelled == []
+        assert len(writes.applied) == 1 and writes.applied[0].startswith("Job/")
     finally:
         cluster.http.delete("/apis/openxpu.io/v1/xpuclusterpolicies/pass")
         cluster.http.delete(f"/api/v1/namespaces/{NAMESPACE}")

@@ -40,6 +40,7 @@ from openxpu_operator.render import (
 from openxpu_operator.status import (
     CRASH_LOOP,
     VALIDATION_FAILED,
+    VALIDATION_NODE,
     Observation,
     compute_status,
     pod_problem,
@@ -87,14 +88,20 @@ class PassResult:
     pruned: int
 
 
-async def label_nodes(
-    kube: Kube, policy: XPUClusterPolicy, enabled: list[str]
-) -> tuple[dict[str, str], dict[str, set[str]]]:
-    """Label every node as the policy wants; the XPU nodes (name → profile) and the
-    operands an admin keeps off each of them."""
+@dataclass
+class XPUNodes:
+    profiles: dict[str, str]  # node -> emulation profile
+    disabled: dict[str, set[str]]  # node -> operands an admin keeps off it
+    advertising: set[str]  # nodes whose kubelet advertises the XPU resource
+
+
+async def label_nodes(kube: Kube, policy: XPUClusterPolicy, enabled: list[str]) -> XPUNodes:
+    """Label every node as the policy wants; what the pass needs to know of the XPU nodes."""
     spec = policy.spec
+    resource = spec.device_plugin.config.advertised_resource
     xpu: dict[str, str] = {}
     disabled: dict[str, set[str]] = {}
+    advertising: set[str] = set()
     patches = []
     for node in await kube.nodes():
         name = node["metadata"]["name"]
@@ -105,8 +112,10 @@ async def label_nodes(
         if node_labels.is_xpu_node(spec, labels):
             xpu[name] = spec.node_profile(labels)
             disabled[name] = node_labels.admin_disabled(labels)
+            if node_labels.advertises(node, resource):
+                advertising.add(name)
     await bounded(patches)
-    return xpu, disabled
+    return XPUNodes(xpu, disabled, advertising)
 
 
 def with_hash(obj: Mapping[str, Any]) -> JSON:
@@ -226,12 +235,22 @@ async def reconcile(
     spec = policy.spec
     name = policy.metadata["name"]
     enabled = [o.name for o in OPERANDS if o.enabled(spec)]
-    xpu, disabled = await label_nodes(kube, policy, enabled)
-    validated = tuple(n for n in sorted(xpu) if "workload-validation" not in disabled[n])
-    operands = render_operands(policy, RenderContext(namespace=namespace, nodes=validated))
+    nodes = await label_nodes(kube, policy, enabled)
+    xpu, disabled = nodes.profiles, nodes.disabled
     await kube.ensure_namespace(namespace)
     existing = await kube.managed_objects(namespace, policy_selector(name))
     by_key = {key(o): o for o in existing}
+    # A node's validation Job is created once its kubelet advertises the XPUs: a pod that
+    # cannot be scheduled yet only collects scheduler back-off (up to 10 s a retry). A Job
+    # that exists already stays (a node that lost its XPUs is not validated away).
+    with_job = {
+        (o["metadata"].get("annotations") or {}).get(VALIDATION_NODE)
+        for o in existing
+        if o["kind"] == "Job"
+    }
+    wanted = [n for n in sorted(xpu) if "workload-validation" not in disabled[n]]
+    validated = tuple(n for n in wanted if n in nodes.advertising or n in with_job)
+    operands = render_operands(policy, RenderContext(namespace=namespace, nodes=validated))
     errors: dict[str, str] = {}
     live: dict[tuple[str, str], JSON] = {}
     keep: set[Key] = set()
@@ -253,6 +272,8 @@ async def reconcile(
         apply_errors=errors,
         crd_missing=missing_fields(await kube.installed_crd()),
         admin_disabled=disabled,
+        awaiting_xpus=[n for n in wanted if n not in validated],
+        xpu_resource=policy.spec.device_plugin.config.advertised_resource,
     )
     status = compute_status(observation)
     ready = sum(1 for o in status.operands if o.enabled and not o.reason)
