@@ -4,8 +4,10 @@ real kube-apiserver holding 100 and 1000 KWOK-simulated XPU nodes.
 The KWOK controller runs against the apiserver-only envtest (no kubelet, no controller
 manager), so it needs no lab and no lab lock: it keeps the fake Nodes alive (status and
 heartbeats, which reach the operator as node events) as it does in the lab. Printed per node
-count: time from the policy's creation until every node carries openxpu.io/xpu.present and
-the status counts them all, the operator's RSS (now and peak), the operator's own API
+count (each advertising 8 XPUs, so each gets a validation Job): time from the policy's
+creation until every node carries openxpu.io/xpu.present and the status counts them all
+(and the operator's CPU seconds until then, which the neighbours on a shared machine do not
+change), the operator's RSS (now and peak), the operator's own API
 requests (its `openxpu_operator_api_requests_total`) per node, and the requests a quiet
 minute of KWOK heartbeats costs. Goals (issue 8): 1000 nodes < 60 s, < 300 MiB.
 Figures only: nothing here asserts a timing.
@@ -14,6 +16,7 @@ Figures only: nothing here asserts a timing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -84,6 +87,12 @@ def _rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far: its own work, whatever the neighbours do."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _metric(text: str, name: str) -> float:
     m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0
@@ -105,6 +114,9 @@ def test_operator_with_many_kwok_nodes(count: int, tmp_path: Path) -> None:
         created = time.monotonic()
         for i in range(count):
             body = node_manifest(f"kwok-node-{i}")
+            # XPU nodes whose device plugin has registered: each gets its validation Job.
+            for amounts in ("capacity", "allocatable"):
+                body["status"][amounts]["openxpu.io/xpu"] = "8"
             assert env.http.post("/api/v1/nodes", json=body).status_code == 201
         print(f"\n{count} nodes created in {time.monotonic() - created:.1f} s")
         with running(env.kubeconfig, tmp_path, resync_seconds=RESYNC_SECONDS) as op:
@@ -124,16 +136,21 @@ def test_operator_with_many_kwok_nodes(count: int, tmp_path: Path) -> None:
             requests = _metric(text, "openxpu_operator_api_requests_total")
             passes = _metric(text, "openxpu_operator_reconciles_total")
             rss, peak = _rss_kib(op.process.pid)
+            cpu = _cpu_seconds(op.process.pid)
             # A quiet spell: only KWOK's heartbeats and the resync reach the operator.
             time.sleep(QUIET_SECONDS)
             text = httpx.get(metrics_url, timeout=10).text
             quiet = _metric(text, "openxpu_operator_api_requests_total") - requests
             quiet_passes = _metric(text, "openxpu_operator_reconciles_total") - passes
             rss_quiet, peak = _rss_kib(op.process.pid)
+            quiet_cpu = _cpu_seconds(op.process.pid) - cpu
+            load = os.getloadavg()[0]
     figures = {
         "nodes": count,
         "all_labelled_s": round(labelled_at, 1) if labelled_at else None,
         "all_counted_in_status_s": round(counted_at, 1) if counted_at else None,
+        "load_avg": round(load, 1),
+        "operator_cpu_s": round(cpu, 1),
         "passes": int(passes),
         "api_requests": int(requests),
         "api_requests_per_node": round(requests / count, 2),
@@ -142,6 +159,7 @@ def test_operator_with_many_kwok_nodes(count: int, tmp_path: Path) -> None:
         "peak_rss_mib": round(peak / 1024, 1),
         f"requests_in_quiet_{QUIET_SECONDS:.0f}s": int(quiet),
         f"passes_in_quiet_{QUIET_SECONDS:.0f}s": int(quiet_passes),
+        f"cpu_in_quiet_{QUIET_SECONDS:.0f}s": round(quiet_cpu, 2),
     }
     print("| " + " | ".join(figures) + " |")
     print("| " + " | ".join(str(v) for v in figures.values()) + " |")
