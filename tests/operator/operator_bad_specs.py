@@ -125,6 +125,11 @@ BAD_SPECS: list[BadSpec] = [
         "spec.devicePlugin.config.sharing.timeSlicing.memoryPerReplica",
     ),
     BadSpec(
+        "memoryPerReplica zero (the plugin refuses it)",
+        _slicing(replicas=2, memoryPerReplica="0Gi"),
+        "spec.devicePlugin.config.sharing.timeSlicing.memoryPerReplica",
+    ),
+    BadSpec(
         "resource name in the reserved kubernetes.io domain",
         _plugin(flags={"resourceName": "kubernetes.io/xpu"}),
         "spec.devicePlugin.config.flags.resourceName",

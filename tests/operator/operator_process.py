@@ -64,6 +64,14 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float = 60) ->
         time.sleep(0.3)
 
 
+def node_body(name: str, labels: dict[str, str] | None = None, xpus: int = 2) -> dict[str, Any]:
+    xpu = {"openxpu.io/xpu": str(xpus)}
+    return {
+        "metadata": {"name": name, "labels": labels or {}},
+        "status": {"capacity": xpu, "allocatable": xpu},
+    }
+
+
 @dataclass
 class Env:
     api: ApiServer
@@ -100,10 +108,10 @@ class Env:
                 return dict(c)
         return {}
 
-    def create_node(self, name: str, labels: dict[str, str] | None = None) -> None:
-        r = self.http.post(
-            "/api/v1/nodes", json={"metadata": {"name": name, "labels": labels or {}}}
-        )
+    def create_node(self, name: str, labels: dict[str, str] | None = None, xpus: int = 2) -> None:
+        """A Node (no kubelet behind it) whose status advertises `xpus` XPUs, as once the
+        device plugin has registered."""
+        r = self.http.post("/api/v1/nodes", json=node_body(name, labels, xpus))
         assert r.status_code == 201, r.text
 
     def node_labels(self, name: str) -> dict[str, str]:
@@ -171,7 +179,12 @@ class Operator:
     """One `openxpu-operator run` process."""
 
     def __init__(
-        self, kubeconfig: Path, identity: str, log: Path, cleanup_timeout: float = CLEANUP_TIMEOUT
+        self,
+        kubeconfig: Path,
+        identity: str,
+        log: Path,
+        cleanup_timeout: float = CLEANUP_TIMEOUT,
+        resync_seconds: float = RESYNC_SECONDS,
     ) -> None:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
@@ -182,7 +195,7 @@ class Operator:
                 str(OPERATOR),
                 "run",
                 "--resync-seconds",
-                str(RESYNC_SECONDS),
+                str(resync_seconds),
                 "--cleanup-timeout",
                 str(cleanup_timeout),
                 "--lease-seconds",
@@ -231,8 +244,9 @@ def running(
     tmp: Path,
     identity: str = "replica-a",
     cleanup_timeout: float = CLEANUP_TIMEOUT,
+    resync_seconds: float = RESYNC_SECONDS,
 ) -> Iterator[Operator]:
-    op = Operator(kubeconfig, identity, tmp / f"{identity}.log", cleanup_timeout)
+    op = Operator(kubeconfig, identity, tmp / f"{identity}.log", cleanup_timeout, resync_seconds)
     try:
         yield op
     finally:

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from e2e.conftest import (  # noqa: F401 (lab_cluster: a fixture)
     require_no_foreign_stack,
     wait_for,
 )
-from operator_process import CRD_PATH, RBAC_PATH, running
+from operator_process import CRD_PATH, RBAC_PATH, RESYNC_SECONDS, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(COLD_START_TIMEOUT)]
 
@@ -64,9 +65,10 @@ def _ready(lab: LabCluster) -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture
-def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabCluster]:  # noqa: F811
-    lab = lab_cluster
+@contextmanager
+def operator_on(lab: LabCluster, tmp_path: Path, resync_seconds: float) -> Iterator[LabCluster]:
+    """The CRD and RBAC installed and the operator running as its ServiceAccount; the
+    policy `e2e` deleted (and everything with it) on the way out."""
     require_no_foreign_stack(lab)  # it deletes the CRD (and so every policy) at the end
     lab.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
     lab.kubectl("wait", "--for=condition=Established", "crd/xpuclusterpolicies.openxpu.io")
@@ -74,7 +76,9 @@ def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabClus
     lab.kubectl("apply", "-f", str(RBAC_PATH))
     kubeconfig = _operator_kubeconfig(lab, tmp_path / "operator.kubeconfig")
     # A real kubelet takes its time to stop pods (grace periods) and run the cleanup pod.
-    with running(kubeconfig, tmp_path, cleanup_timeout=CLEANUP_TIMEOUT):
+    with running(
+        kubeconfig, tmp_path, cleanup_timeout=CLEANUP_TIMEOUT, resync_seconds=resync_seconds
+    ):
         try:
             yield lab
         finally:
@@ -91,14 +95,25 @@ def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabClus
     lab.kubectl("delete", "-f", str(CRD_PATH), "--ignore-not-found", check=False)
 
 
-def test_policy_to_ready_and_back_to_nothing(operator_on_lab: LabCluster) -> None:
-    lab = operator_on_lab
+def create_policy(lab: LabCluster) -> None:
+    """The policy `e2e` for the lab's own node (a lab may hold other Node objects: another
+    test's workers)."""
     body = {"apiVersion": "openxpu.io/v1", "kind": "XPUClusterPolicy"}
-    # Only the lab's own node: a lab may hold other Node objects (another test's workers).
     spec = {**SPEC, "nodeSelector": {"kubernetes.io/hostname": lab.node_name}}
     body |= {"metadata": {"name": "e2e"}, "spec": spec}
-    started = time.monotonic()
     lab.kubectl("create", "-f", "-", input_text=json.dumps(body))
+
+
+@pytest.fixture
+def operator_on_lab(lab_cluster: LabCluster, tmp_path: Path) -> Iterator[LabCluster]:  # noqa: F811
+    with operator_on(lab_cluster, tmp_path, RESYNC_SECONDS) as lab:
+        yield lab
+
+
+def test_policy_to_ready_and_back_to_nothing(operator_on_lab: LabCluster) -> None:
+    lab = operator_on_lab
+    started = time.monotonic()
+    create_policy(lab)
     wait_for("Ready/Reconciled", lambda: _ready(lab).get("reason") == "Reconciled", 600)
     print(f"\npolicy applied -> Ready/Reconciled: {time.monotonic() - started:.1f}s")
     status = _policy(lab)["status"]

@@ -4,10 +4,12 @@ holds and the XPU nodes to per-operand status, conditions, node summary and the 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from openxpu_operator import status as status_module
 from openxpu_operator.policy import ConditionStatus, PolicyState, load_policy
 from openxpu_operator.render import RenderContext, render_operands
 from openxpu_operator.status import (
@@ -260,3 +262,15 @@ def test_a_later_policy_is_ignored_naming_the_active_one() -> None:
     assert status.state is PolicyState.IGNORED and status.active_policy == "first"
     conflict = next(c for c in status.conditions if c.type == CONFLICTING_POLICY)
     assert conflict.status is ConditionStatus.TRUE and "'first'" in conflict.message
+
+
+def test_every_status_reason_is_explained_in_the_docs() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "operator.md").read_text()
+    reasons = {
+        value
+        for name, value in vars(status_module).items()
+        if name.isupper() and isinstance(value, str) and value.isalpha() and value[0].isupper()
+    }
+    assert {"Reconciled", "InvalidSpec", "BarrierNotReached"} <= reasons
+    missing = sorted(r for r in reasons if f"| `{r}` |" not in doc)
+    assert not missing, f"docs/operator.md has no row for the reasons {missing}"

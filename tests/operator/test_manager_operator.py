@@ -350,3 +350,56 @@ def test_an_outdated_crd_is_reported_not_ready(env: Env, tmp_path: Path) -> None
             lambda: env.condition("old-crd", "Ready").get("reason") == "OperandNotReady",
         )
         env.delete_policy_and_wait("old-crd", CLEANUP_TIMEOUT + 30)
+
+
+# Specs the API server admits (the CRD's schema and CEL cannot see the problem) that the
+# operator cannot use, and the field its InvalidSpec status must name.
+ADMITTED_BUT_INVALID = [
+    # CEL compares tdpWatts with idleWatts only when both are given; the base's idleWatts
+    # (x1-8: 60 W) is the runtime's, so only the operator can tell.
+    (
+        {"emulation": {"profiles": {"hot": {"base": "x1-8", "tdpWatts": 50}}}},
+        "spec.emulation.profiles.hot",
+    ),
+    # Label keys are not checked by CEL (a rule over map keys exceeds the CRD's cost budget).
+    ({"operator": {"labels": {"not a key!": "x"}}}, "spec.operator.labels"),
+]
+
+
+def test_a_spec_only_the_operator_can_refuse_is_invalid_spec(env: Env, tmp_path: Path) -> None:
+    merge = {"Content-Type": "application/merge-patch+json"}
+    with operator(env, tmp_path):
+        for generation, (spec, field) in enumerate(ADMITTED_BUT_INVALID, start=1):
+            if generation == 1:
+                env.create_policy("invalid", spec)
+            else:
+                r = env.http.put(
+                    f"{POLICIES}/invalid",
+                    json={**env.policy("invalid"), "spec": spec},  # type: ignore[dict-item]
+                )
+                assert r.status_code == 200, r.text
+            ready = wait_until(
+                f"InvalidSpec naming {field}",
+                lambda g=generation: (  # type: ignore[misc]
+                    (c := env.condition("invalid", "Ready")).get("observedGeneration") == g and c
+                ),
+            )
+            assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+            assert field in ready["message"], ready["message"]
+            error = env.condition("invalid", "Error")
+            assert (error["status"], error["reason"]) == ("True", "InvalidSpec")
+            assert env.policy("invalid")["status"]["state"] == "notReady"  # type: ignore[index]
+        wait_until(
+            "an InvalidSpec Event", lambda: "InvalidSpec" in {r for r, _ in _events(env, "invalid")}
+        )
+        assert not _ds_names(env), "an invalid spec installs nothing"
+
+        # Fixed: reconciled again, the error cleared.
+        r = env.http.patch(f"{POLICIES}/invalid", json={"spec": {"operator": None}}, headers=merge)
+        assert r.status_code == 200, r.text
+        wait_until(
+            "InvalidSpec cleared",
+            lambda: env.condition("invalid", "Error").get("reason") == "NoError",
+        )
+        assert env.condition("invalid", "Ready")["reason"] != "InvalidSpec"
+        env.delete_policy_and_wait("invalid", CLEANUP_TIMEOUT + 30)

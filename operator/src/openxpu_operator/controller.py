@@ -79,7 +79,6 @@ class Controller:
     settings: Settings = field(default_factory=Settings)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wanted: asyncio.Event = field(default_factory=asyncio.Event)
-    _requests_seen: int = 0
 
     async def sync(self) -> None:
         """One pass over every policy; raises (for kopf to retry) when a pass fails."""
@@ -94,8 +93,6 @@ class Controller:
                 raise
             finally:
                 metrics.DURATION.observe(time.monotonic() - started)
-                metrics.API_REQUESTS.inc(self.kube.requests - self._requests_seen)
-                self._requests_seen = self.kube.requests
 
     def kick(self) -> None:
         """Ask for a pass soon (from a node event)."""

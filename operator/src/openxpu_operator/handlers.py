@@ -17,6 +17,7 @@ import kopf
 
 from openxpu_operator.controller import Controller
 from openxpu_operator.policy import GROUP, PLURAL, VERSION
+from openxpu_operator.watches import watch_operands
 
 RESYNC_ENV = "OPENXPU_OPERATOR_RESYNC_SECONDS"
 RESYNC_SECONDS = float(os.environ.get(RESYNC_ENV, "60"))
@@ -43,13 +44,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # We post our own Events on state changes; kopf's per-handler ones would be noise.
     settings.posting.enabled = False
     settings.execution.max_workers = 4
-    memo["kicks"] = asyncio.create_task(_controller(memo).run_kicks())
+    controller = _controller(memo)
+    memo["tasks"] = [
+        asyncio.create_task(controller.run_kicks()),
+        *watch_operands(controller.kube, controller.settings.namespace, controller.kick),
+    ]
 
 
 @kopf.on.cleanup()
 async def stop_kicks(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] = memo["kicks"]
-    task.cancel()
+    tasks: list[asyncio.Task[None]] = memo["tasks"]
+    for task in tasks:
+        task.cancel()
 
 
 @kopf.on.login()
@@ -78,8 +84,9 @@ async def resync(memo: kopf.Memo, **_: Any) -> None:
     await _controller(memo).sync()
 
 
+# async: kopf runs a sync handler in its thread pool, a thread hop per node event.
 @kopf.on.event("", "v1", "nodes")
-def node_event(memo: kopf.Memo, **_: Any) -> None:
+async def node_event(memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).kick()
 
 

@@ -14,12 +14,13 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 import kopf
 
+from openxpu_operator import metrics
 from openxpu_operator.crd import CRD_NAME
 from openxpu_operator.policy import GROUP, PLURAL, VERSION
 from openxpu_operator.render import KINDS, MANAGED_BY, MANAGER, object_path
@@ -93,7 +94,6 @@ class Kube:
 
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
-        self.requests = 0
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -112,7 +112,7 @@ class Kube:
         params: Mapping[str, str] | None = None,
         missing_ok: bool = False,
     ) -> JSON | None:
-        self.requests += 1
+        metrics.API_REQUESTS.inc()
         content = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if content is not None else {}
         r = await self.http.request(method, path, content=content, headers=headers, params=params)
@@ -140,8 +140,37 @@ class Kube:
         items: list[JSON] = (data or {}).get("items") or []
         return items
 
+    async def list_version(self, path: str, label_selector: str) -> str:
+        """The resourceVersion a watch of the collection starts from."""
+        params = {"labelSelector": label_selector, "limit": "1"}
+        data = await self._call("GET", path, params=params)
+        return str(((data or {}).get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch(
+        self, path: str, label_selector: str, resource_version: str, seconds: int
+    ) -> AsyncIterator[JSON]:
+        """The watch events of a collection from `resource_version` on, for at most
+        `seconds` (the server then ends the stream); raises ApiError on a refused watch."""
+        metrics.API_REQUESTS.inc()
+        params = {
+            "watch": "1",
+            "labelSelector": label_selector,
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(seconds),
+        }
+        timeout = httpx.Timeout(30.0, read=seconds + 30.0)
+        async with self.http.stream("GET", path, params=params, timeout=timeout) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                raise ApiError("WATCH", path, r.status_code, r.text)
+            async for line in r.aiter_lines():
+                if line:
+                    event: JSON = json.loads(line)
+                    yield event
+
     async def text(self, path: str, params: Mapping[str, str]) -> str:
-        self.requests += 1
+        metrics.API_REQUESTS.inc()
         r = await self.http.get(path, params=params)
         return r.text if r.status_code == 200 else ""
 

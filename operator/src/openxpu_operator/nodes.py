@@ -99,3 +99,12 @@ def admin_disabled(labels: Mapping[str, str]) -> set[str]:
         for key, value in labels.items()
         if key.startswith(DEPLOY_LABEL_PREFIX) and value == ADMIN_OFF
     }
+
+
+def advertises(node: Mapping[str, object], resource: str) -> bool:
+    """Whether a Node's kubelet advertises at least one `resource` (the device plugin has
+    registered there): before that, a pod asking for one cannot be scheduled."""
+    status = node.get("status")
+    allocatable = status.get("allocatable") if isinstance(status, Mapping) else None
+    count = allocatable.get(resource, "") if isinstance(allocatable, Mapping) else ""
+    return isinstance(count, str) and count.isdigit() and int(count) > 0

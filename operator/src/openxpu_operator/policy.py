@@ -48,7 +48,8 @@ RESOURCE_RE = (
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
     r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-QUANTITY_RE = r"^(even|none|[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?)$"
+# Positive: the device plugin refuses a zero memoryPerReplica (and would crash-loop).
+QUANTITY_RE = r"^(even|none|0*[1-9][0-9]*(Ki|Mi|Gi|Ti|K|M|G|T)?)$"
 IMAGE_RE = r"^[^\s]+$"
 LABEL_KEY_RE = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"

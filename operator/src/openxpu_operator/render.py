@@ -33,6 +33,9 @@ from openxpu_operator.policy import (
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "openxpu-operator"
 PART_OF = "app.kubernetes.io/part-of"
+# libyaml's safe loader when PyYAML has it: the pure-Python one spent ~10 ms per rendered
+# object, seconds per pass at 1000 nodes (one validation Job each).
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Which policy an object belongs to: a label, so the controller can list (and prune) them.
 POLICY_LABEL = "openxpu.io/policy"
 OPERAND_LABEL = "openxpu.io/operand"
@@ -200,7 +203,9 @@ def _wait_for(spec: XPUClusterPolicySpec) -> Callable[[str], dict[str, Any]]:
             "command": [
                 "sh",
                 "-c",
-                f"until [ -f {barrier} ]; do echo waiting for the barrier {barrier}; sleep 5; done",
+                # A test of a file each second costs nothing; each second slept here
+                # is a second of the operand chain (driver -> ... -> workload validation).
+                f"until [ -f {barrier} ]; do echo waiting for the barrier {barrier}; sleep 1; done",
             ],
             "securityContext": {
                 "runAsUser": 65534,
@@ -287,7 +292,7 @@ def render_operand(
     for name in _templates(operand.folder):
         try:
             text = env.get_template(name).render(variables)
-            docs = [d for d in yaml.safe_load_all(text) if d]
+            docs = [d for d in yaml.load_all(text, Loader=YAML_LOADER) if d]
         except (jinja2.TemplateError, yaml.YAMLError) as exc:
             raise RenderError(f"{name}: {exc}") from exc
         objects.extend(_stamp(d, policy, operand.name) for d in docs)

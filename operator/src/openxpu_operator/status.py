@@ -3,7 +3,8 @@
 `compute_status(observation)` turns the rendered operands, the DaemonSets and Jobs the API
 server holds, their pods and the XPU nodes into the policy's status: per-operand rollout
 with the first failing node or pod, one condition per operand, the per-node summary and the
-roll-up (`Ready` and `Error`). Reasons are CamelCase and listed in docs/operator-controller.md.
+roll-up (`Ready` and `Error`). Reasons are CamelCase; docs/operator.md says what each
+means and what to do about it (a test keeps every one there).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ ROLLING_OUT = "RollingOut"
 NOT_OBSERVED = "NotObservedYet"
 NO_NODES_SELECTED = "NoNodesSelected"
 VALIDATION_RUNNING = "ValidationRunning"
+XPUS_NOT_ADVERTISED = "XPUsNotAdvertised"
+WORKLOAD_VALIDATION = "workload-validation"
 
 _IMAGE_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 _ERROR_REASONS = {INVALID_SPEC, CRD_OUTDATED, APPLY_FAILED}
@@ -79,6 +82,8 @@ class Observation:
     apply_errors: Mapping[str, str] = field(default_factory=dict)  # operand -> message
     crd_missing: Sequence[str] = ()  # fields the installed CRD would prune
     admin_disabled: Mapping[str, set[str]] = field(default_factory=dict)  # node -> operands
+    awaiting_xpus: Sequence[str] = ()  # XPU nodes whose kubelet advertises no XPU yet
+    xpu_resource: str = "openxpu.io/xpu"
 
 
 # -- pods ----------------------------------------------------------------------------------
@@ -236,6 +241,20 @@ def operand_status(
             else:
                 pending.append(Problem(VALIDATION_RUNNING, f"Job {name} on node {node}", node))
                 by_node.setdefault(node, pending[-1])
+    if operand.name == WORKLOAD_VALIDATION:
+        # An earlier step than a validation that runs: named first.
+        waiting = [
+            Problem(
+                XPUS_NOT_ADVERTISED,
+                f"node {node} advertises no {obs.xpu_resource} yet (the device plugin has "
+                "not registered there); its validation Job is created when it does",
+                node,
+            )
+            for node in obs.awaiting_xpus
+        ]
+        desired += len(waiting)
+        pending[:0] = waiting
+        by_node.update((p.node, p) for p in waiting)
     if operand.name in obs.apply_errors:
         problems.insert(0, Problem(APPLY_ERROR, obs.apply_errors[operand.name]))
     first = _first(problems) if (pending or problems) else None
