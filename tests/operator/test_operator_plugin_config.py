@@ -91,7 +91,10 @@ def test_the_policy_mirrors_every_field_of_the_plugin_file_but_health() -> None:
     """policy.PluginConfig is a hand-kept copy of the plugin's v1 file format (the operator
     may not import the plugin): the same sections and fields, so nothing the plugin reads is
     out of a policy's reach unnoticed. `health` (disableHealthChecks) is the one known gap:
-    a policy cannot set it today."""
+    a policy cannot set it today. nvidiaCompat and driverRoot follow the policy's driver
+    section (the operator writes them), so they are not the plugin section's to set."""
     plugin = _shape(Config)
     assert plugin.pop("health") is not None
+    assert plugin["flags"].pop("nvidiaCompat", 0) is None
+    assert plugin["flags"].pop("driverRoot", 0) is None
     assert _shape(PluginConfig) == plugin

@@ -519,6 +519,21 @@ class PluginFlags(Spec):
         pattern=r"^/",
         description="Where the CDI spec is written on the host.",
     )
+    pod_resources_socket: str = Field(
+        default="/var/lib/kubelet/pod-resources/kubelet.sock",
+        min_length=2,
+        max_length=1024,
+        pattern=r"^/.+/[^/]+$",
+        description="The kubelet's PodResources socket on the host: the plugin deletes the "
+        "xpud scopes of containers that are gone.",
+    )
+    scope_grace_period: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a scope may go unheld by any container (Allocate to container "
+        "start) before the plugin deletes it.",
+    )
 
     @field_validator("resource_name")
     @classmethod

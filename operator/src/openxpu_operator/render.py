@@ -9,6 +9,8 @@ mark it as ours here, not in each template.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 import functools
 import hashlib
 import json
@@ -233,6 +235,9 @@ def _variables(policy: XPUClusterPolicy, context: RenderContext) -> dict[str, An
         "spec": spec,
         "namespace": context.namespace,
         "barrier_dir": BARRIER_DIR,
+        "pod_resources_dir": str(
+            PurePosixPath(spec.device_plugin.config.flags.pod_resources_socket).parent
+        ),
         "tolerations": [
             t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in ds.tolerations
         ],
