@@ -9,14 +9,13 @@ mark it as ours here, not in each template.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Any
 
 import jinja2
