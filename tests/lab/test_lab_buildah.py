@@ -237,6 +237,30 @@ def test_a_broken_dockerfile_is_a_one_line_error_naming_the_step(
     assert str(cache) not in mounts
 
 
+def _image_ids(*args: str) -> set[str]:
+    out = subprocess.run(
+        [*builder.buildah("images", "--quiet", "--no-trunc", *args)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
+def test_a_rebuild_leaves_no_dangling_image_behind(cache: Path, tmp_path: Path) -> None:
+    """Each source change rebuilds the image under the same tag: the old one is pruned
+    rather than piling up in buildah's storage."""
+    dockerfile = tmp_path / "Dockerfile"
+    built = []
+    for content in ("one", "two"):
+        dockerfile.write_text(f"FROM debian:bookworm-slim\nRUN echo {content} > /v\n")
+        builder.build(dockerfile, tmp_path, "openxpu/rebuilt:1", tmp_path / "o.tar", QUIET)
+        built.append(_image_ids("openxpu/rebuilt:1"))
+    assert built[0] != built[1]
+    assert not built[0] & _image_ids(), "the first build's image is still in the storage"
+    assert not _image_ids("--filter", "dangling=true")
+
+
 @pytest.fixture
 def counted_buildah(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """buildah behind a shim on PATH that logs each call: proof of whether it ran."""

@@ -9,6 +9,7 @@ import pytest
 
 from openxpu_operator.policy import UpgradePolicySpec
 from openxpu_operator.upgrade.machine import (
+    FAILED_REVISION,
     FAILURE,
     INITIAL_UNSCHEDULABLE,
     LAST_ERROR,
@@ -340,6 +341,39 @@ def test_a_failed_node_recovers_when_its_driver_is_current_and_ready_again() -> 
     step = transition(replace(failed, driver_pod=driver(OLD, ready=True)), policy(), NOW)
     assert step.state is S.UNCORDON_REQUIRED
     assert step.annotate[FAILURE] is None
+
+
+def test_a_failing_node_records_the_revision_it_failed_to_reach() -> None:
+    crashing = node(S.VALIDATION_REQUIRED, driver_pod=driver(NEW, restarts=9))
+    step = transition(crashing, policy(), NOW)
+    assert step.state is S.UPGRADE_FAILED and step.annotate[FAILED_REVISION] == NEW
+
+
+def test_a_failed_node_walks_again_when_the_wanted_driver_changes() -> None:
+    # The new driver crashed; driver.version rolled back: the crashing pod is not current
+    # (OnDelete replaces nothing by itself), so the node must be walked again, from the
+    # pod deletion as it is still cordoned.
+    failed = node(
+        S.UPGRADE_FAILED,
+        annotations={FAILURE: "driver pod crashed", FAILED_REVISION: NEW},
+        driver_pod=driver(NEW, restarts=9),
+        desired_revision=OLD,
+    )
+    step = transition(failed, policy(), NOW)
+    assert step.state is S.POD_DELETION_REQUIRED and "upgrading again" in step.reason
+    assert step.annotate[FAILURE] is None and step.annotate[FAILED_REVISION] is None
+    # Still the revision it failed on: it stays failed, it does not retry in a loop.
+    same = transition(replace(failed, desired_revision=NEW), policy(), NOW)
+    assert same.state is S.UPGRADE_FAILED
+
+
+def test_a_crash_looping_old_driver_is_replaced_not_a_failure() -> None:
+    # The walk after a rollback: the pod being replaced is the bad one, crash-looping.
+    rolled_back = node(
+        S.POD_RESTART_REQUIRED, driver_pod=driver(NEW, restarts=9), desired_revision=OLD
+    )
+    step = transition(rolled_back, policy(), NOW)
+    assert step.state is S.POD_RESTART_REQUIRED and step.delete == (rolled_back.driver_pod,)
 
 
 def test_every_transition_stamps_the_entry_time_and_clears_the_last_error() -> None:

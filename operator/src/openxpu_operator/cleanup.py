@@ -24,6 +24,7 @@ from openxpu_operator.kube import MANAGED_SELECTOR, Kube
 from openxpu_operator.manager import policy_selector
 from openxpu_operator.policy import XPUClusterPolicy
 from openxpu_operator.render import POLICY_LABEL
+from openxpu_operator.upgrade.rollout import forget_upgrade
 
 CLEANUP_TEMPLATE = "90-cleanup/pod.yaml.j2"
 CLEANUP_COMPONENT = "app.kubernetes.io/component=cleanup"
@@ -63,6 +64,7 @@ async def _remove_labels(kube: Kube) -> list[str]:
         if patch:
             touched.append(node["metadata"]["name"])
             await kube.label_node(node["metadata"]["name"], patch)
+        await forget_upgrade(kube, node)
     return touched
 
 

@@ -34,6 +34,7 @@ from openxpu_operator.status import (
     special_status,
     status_body,
 )
+from openxpu_operator.upgrade.rollout import with_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,10 @@ class Controller:
         metrics.XPU_NODES.set(result.xpu_nodes)
         metrics.OPERANDS_READY.set(result.operands_ready)
         metrics.OPERANDS_ENABLED.set(sum(1 for o in result.status.operands if o.enabled))
-        await self._write(active, result.status)
+        status = await with_upgrade(
+            self.kube, policy, self.settings.namespace, result.status, active, now()
+        )
+        await self._write(active, status)
 
     @staticmethod
     def _conditions(body: Mapping[str, Any]) -> list[JSON]:

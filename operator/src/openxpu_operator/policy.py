@@ -1117,6 +1117,27 @@ class NodesSummary(Spec):
     )
 
 
+class UpgradeNodeStatus(Spec):
+    """A node whose driver upgrade is not done: its state and what it waits for."""
+
+    name: str = Field(description="Node name.")
+    state: str = Field(description="Its openxpu.io/driver-upgrade-state, e.g. drain-required.")
+    reason: str = Field(default="", description="What it waits for, or why it failed.")
+
+
+class UpgradeSummary(Spec):
+    """The driver upgrade across XPU nodes (node label openxpu.io/driver-upgrade-state)."""
+
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="XPU nodes per upgrade state (every state, 0 included)."
+    )
+    nodes: list[UpgradeNodeStatus] = Field(
+        default_factory=list,
+        description="Nodes upgrading, waiting to start or failed, with what each waits for.",
+    )
+    held: str = Field(default="", description="Why no further node may start, if so.")
+
+
 class XPUClusterPolicyStatus(Spec):
     """What the operator observed. Open to fields kopf writes (its progress storage)."""
 
@@ -1143,6 +1164,9 @@ class XPUClusterPolicyStatus(Spec):
     nodes_ready: str = Field(default="", description="Ready XPU nodes over XPU nodes, e.g. 3/3.")
     active_policy: str | None = Field(
         default=None, description="When ignored: the name of the active policy."
+    )
+    upgrade: UpgradeSummary | None = Field(
+        default=None, description="The driver upgrade across nodes (docs/upgrades.md)."
     )
 
 

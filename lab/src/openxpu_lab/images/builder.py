@@ -179,4 +179,8 @@ def build(dockerfile: Path, context: Path, name: str, out: Path, progress: Progr
         layout = Path(tmp) / "oci"
         with progress.step(f"exporting {name} as an OCI archive"):
             run(buildah("push", "--quiet", name, f"oci:{layout}:{name}"), timeout=1800)
-            return oci.archive_layout(layout, name, out)
+            digest = oci.archive_layout(layout, name, out)
+        # The tag moved: the image it named before (each source change makes one, ~150 MB)
+        # is dangling now. The new image's layers, the step cache of this build, stay.
+        run(buildah("rmi", "--prune"), check=False, timeout=600)
+        return digest

@@ -193,6 +193,20 @@ def observe(
     return views
 
 
+def rollout_pending(nodes: Iterable[JSON], daemonsets: Iterable[JSON]) -> bool:
+    """Whether a pass has anything to do: a driver DaemonSet whose pods are not all of its
+    current template (as its controller counts them), or a node mid-walk. Otherwise the
+    pass stops before listing every pod of the cluster."""
+    for ds in daemonsets:
+        status = ds.get("status") or {}
+        if status.get("observedGeneration") != ds["metadata"].get("generation"):
+            return True
+        if status.get("updatedNumberScheduled", 0) < status.get("desiredNumberScheduled", 0):
+            return True
+    done = ("", State.UPGRADE_DONE.value)
+    return any((n["metadata"].get("labels") or {}).get(STATE_LABEL, "") not in done for n in nodes)
+
+
 @dataclass
 class NodeReport:
     state: str
@@ -269,8 +283,16 @@ async def reconcile_upgrades(
     now = time.time() if now is None else now
     apps = f"/apis/apps/v1/namespaces/{namespace}"
     daemonsets = await kube.list_items(f"{apps}/daemonsets", "app.kubernetes.io/component=driver")
+    xpu_nodes = await kube.list_items(NODES, f"{PRESENT_LABEL}=true")
+    if not rollout_pending(xpu_nodes, daemonsets):
+        quiet = UpgradeStatus()
+        for obj in xpu_nodes:
+            state = (obj["metadata"].get("labels") or {}).get(STATE_LABEL, "")
+            quiet.nodes[obj["metadata"]["name"]] = NodeReport(state, "the driver is up to date")
+        _publish(quiet)
+        return quiet
     views = observe(
-        await kube.list_items(NODES, f"{PRESENT_LABEL}=true"),
+        xpu_nodes,
         daemonsets,
         await kube.list_items(f"{apps}/controllerrevisions"),
         await kube.list_items("/api/v1/pods"),
@@ -291,7 +313,11 @@ async def reconcile_upgrades(
         elif STUCK_REPORTED in step.annotate:
             message = f"node {node.name} in {node.state} for long: {step.reason}"
             await kube.event(events_on, EVENTS_NAMESPACE, "Warning", "DriverUpgradeSlow", message)
+    _publish(status)
+    return status
+
+
+def _publish(status: UpgradeStatus) -> None:
     counts = status.counts()
     for state in State:
         NODES_BY_STATE.labels(state.value).set(counts.get(state.value, 0))
-    return status

@@ -29,6 +29,9 @@ STATE_ENTERED_AT = f"{PREFIX}.state-entered-at"
 LAST_ERROR = f"{PREFIX}.last-error"
 # Why the node's upgrade failed, kept while it stays upgrade-failed.
 FAILURE = f"{PREFIX}.failure"
+# The driver revision the node failed to reach: a different one wanted later (a rollback,
+# a fixed version) takes the node through its walk again, from the pod deletion.
+FAILED_REVISION = f"{PREFIX}.failed-revision"
 # Set once a node has waited in one state past STUCK_AFTER_SECONDS (and its Warning Event
 # sent), so the warning is given once per state, not once per pass.
 STUCK_REPORTED = f"{PREFIX}.stuck-reported-at"
@@ -271,10 +274,11 @@ def _wait_for_jobs(node: NodeView, policy: UpgradePolicySpec, now: float) -> Ste
 
 def _restart_driver(node: NodeView) -> Step:
     pod = node.driver_pod
-    if pod is not None and pod.restarts > MAX_DRIVER_RESTARTS:
-        return _failed(f"driver pod {pod.ref} restarted {pod.restarts} times")
     if node.driver_current:
+        if pod is not None and pod.restarts > MAX_DRIVER_RESTARTS:
+            return _failed(f"driver pod {pod.ref} restarted {pod.restarts} times")
         return Step(State.VALIDATION_REQUIRED, "the driver pod runs the new revision")
+    # An old driver pod that crash-loops (the version being rolled back) is replaced.
     if pod is None or pod.terminating:
         return Step(node.state, "waiting for the DaemonSet to start the new driver pod")
     return Step(
@@ -364,6 +368,14 @@ def _next(node: NodeView, policy: UpgradePolicySpec, now: float, may_start: bool
     pod = node.driver_pod
     if node.driver_current and (pod is None or pod.ready):
         return Step(State.UNCORDON_REQUIRED, "the driver is current and ready again")
+    failed_at = node.annotations.get(FAILED_REVISION)
+    if failed_at is not None and not node.driver_current and node.desired_revision != failed_at:
+        # Still cordoned: the XPU pods are made sure of again before the driver is replaced.
+        return Step(
+            State.POD_DELETION_REQUIRED,
+            f"the driver changed since the failure (revision {failed_at or 'unknown'} -> "
+            f"{node.desired_revision}): upgrading again",
+        )
     return Step(state, node.annotations.get(FAILURE, "upgrade failed"))
 
 
@@ -388,7 +400,10 @@ def transition(
     annotate: dict[str, str | None] = {STATE_ENTERED_AT: stamp(now), LAST_ERROR: None}
     if STUCK_REPORTED in node.annotations:
         annotate[STUCK_REPORTED] = None
-    if FAILURE in node.annotations:
-        annotate[FAILURE] = None  # also when a person relabels a failed node to retry
+    for key in (FAILURE, FAILED_REVISION):
+        if key in node.annotations:
+            annotate[key] = None  # also when a person relabels a failed node to retry
+    if step.state is State.UPGRADE_FAILED:
+        annotate[FAILED_REVISION] = node.desired_revision or ""
     annotate.update(step.annotate)
     return Step(step.state, step.reason, step.cordon, step.evict, step.delete, annotate)
