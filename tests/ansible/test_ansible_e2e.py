@@ -53,7 +53,7 @@ def inventory(lab: LabCluster, path: Path) -> Path:
     variables = {
         "openxpu_cluster_mode": "lab",
         "openxpu_cluster_lab_command": str(BIN / "openxpu-lab"),
-        "openxpu_cluster_lab_state_dir": str(lab.lab.settings.state_dir),
+        "openxpu_cluster_lab_state_dir": str(lab.lab.layout.root),
         "openxpu_stack_helm_binary": helm,
         "openxpu_stack_values": yaml.safe_load(LAB_VALUES.read_text()),
         "openxpu_validate_timeout": 300,
