@@ -77,6 +77,21 @@ def helm(api: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
+def cluster_inventory(api: ApiServer, path: Path, **variables: object) -> Path:
+    """This API server as an existing cluster; no node runs hooks, and the namespace
+    controller is absent (a deleted namespace would stay Terminating)."""
+    return localhost_inventory(
+        path,
+        openxpu_cluster_kubeconfig=str(api.kubeconfig),
+        openxpu_stack_helm_binary=str(helm_binary()),
+        openxpu_validate_poll_interval=1,
+        openxpu_uninstall_helm_binary=str(helm_binary()),
+        openxpu_uninstall_hooks=False,
+        openxpu_uninstall_delete_namespace=False,
+        **variables,
+    )
+
+
 def foreign_chart(path: Path) -> Path:
     """Someone else's release: uninstall must leave it alone (CNS's removes every release)."""
     (path / "templates").mkdir(parents=True)
@@ -90,17 +105,12 @@ def foreign_chart(path: Path) -> Path:
 
 def test_install_validate_uninstall_on_an_existing_cluster(api: ApiServer, tmp_path: Path) -> None:
     helm(api, "install", "foreign", str(foreign_chart(tmp_path / "foreign")), "-n", "default")
-    inv = localhost_inventory(
+    inv = cluster_inventory(
+        api,
         tmp_path / "inventory.yml",
         openxpu_cluster_mode="kubeconfig",
-        openxpu_cluster_kubeconfig=str(api.kubeconfig),
-        openxpu_stack_helm_binary=str(helm_binary()),
         openxpu_stack_values={"exporter": {"dcgmCompat": True}},
         openxpu_validate_timeout=4,
-        openxpu_validate_poll_interval=1,
-        openxpu_uninstall_helm_binary=str(helm_binary()),
-        openxpu_uninstall_hooks=False,
-        openxpu_uninstall_delete_namespace=False,
     )
     home = tmp_path / "ansible-home"
 
@@ -161,20 +171,15 @@ def test_install_validate_uninstall_on_an_existing_cluster(api: ApiServer, tmp_p
 def test_upgrade_waits_on_the_operator_then_on_every_node(api: ApiServer, tmp_path: Path) -> None:
     """No operator runs here: the test plays its part on the policy's status and the node's
     labels, and upgrade.yml must wait for each and say exactly which is missing."""
-    inv = localhost_inventory(
+    inv = cluster_inventory(
+        api,
         tmp_path / "inventory.yml",
-        openxpu_cluster_kubeconfig=str(api.kubeconfig),
-        openxpu_stack_helm_binary=str(helm_binary()),
         # The CRD upgrade hook is a Job: no node runs it here (the lab e2e runs it).
         openxpu_stack_values={"crds": {"upgrade": False}},
         openxpu_upgrade_driver_version="0.1.1",
         openxpu_upgrade_timeout=3,
         openxpu_upgrade_poll_interval=1,
         openxpu_validate_timeout=2,
-        openxpu_validate_poll_interval=1,
-        openxpu_uninstall_helm_binary=str(helm_binary()),
-        openxpu_uninstall_hooks=False,
-        openxpu_uninstall_delete_namespace=False,
     )
     home = tmp_path / "ansible-home"
     node = "xpu-node-1"
