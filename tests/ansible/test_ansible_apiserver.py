@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,21 @@ def helm(api: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
+def cluster_inventory(api: ApiServer, path: Path, **variables: object) -> Path:
+    """This API server as an existing cluster; no node runs hooks, and the namespace
+    controller is absent (a deleted namespace would stay Terminating)."""
+    return localhost_inventory(
+        path,
+        openxpu_cluster_kubeconfig=str(api.kubeconfig),
+        openxpu_stack_helm_binary=str(helm_binary()),
+        openxpu_validate_poll_interval=1,
+        openxpu_uninstall_helm_binary=str(helm_binary()),
+        openxpu_uninstall_hooks=False,
+        openxpu_uninstall_delete_namespace=False,
+        **variables,
+    )
+
+
 def foreign_chart(path: Path) -> Path:
     """Someone else's release: uninstall must leave it alone (CNS's removes every release)."""
     (path / "templates").mkdir(parents=True)
@@ -89,17 +105,12 @@ def foreign_chart(path: Path) -> Path:
 
 def test_install_validate_uninstall_on_an_existing_cluster(api: ApiServer, tmp_path: Path) -> None:
     helm(api, "install", "foreign", str(foreign_chart(tmp_path / "foreign")), "-n", "default")
-    inv = localhost_inventory(
+    inv = cluster_inventory(
+        api,
         tmp_path / "inventory.yml",
         openxpu_cluster_mode="kubeconfig",
-        openxpu_cluster_kubeconfig=str(api.kubeconfig),
-        openxpu_stack_helm_binary=str(helm_binary()),
         openxpu_stack_values={"exporter": {"dcgmCompat": True}},
         openxpu_validate_timeout=4,
-        openxpu_validate_poll_interval=1,
-        openxpu_uninstall_helm_binary=str(helm_binary()),
-        openxpu_uninstall_hooks=False,
-        openxpu_uninstall_delete_namespace=False,
     )
     home = tmp_path / "ansible-home"
 
@@ -155,3 +166,77 @@ def test_install_validate_uninstall_on_an_existing_cluster(api: ApiServer, tmp_p
     releases = json.loads(helm(api, "list", "-A", "-o", "json").stdout)
     assert [r["name"] for r in releases] == ["foreign"]
     assert get(api, "configmap", "foreign", "-n", "default") is not None
+
+
+def test_upgrade_waits_on_the_operator_then_on_every_node(api: ApiServer, tmp_path: Path) -> None:
+    """No operator runs here: the test plays its part on the policy's status and the node's
+    labels, and upgrade.yml must wait for each and say exactly which is missing."""
+    inv = cluster_inventory(
+        api,
+        tmp_path / "inventory.yml",
+        # The CRD upgrade hook is a Job: no node runs it here (the lab e2e runs it).
+        openxpu_stack_values={"crds": {"upgrade": False}},
+        openxpu_upgrade_driver_version="0.1.1",
+        openxpu_upgrade_timeout=3,
+        openxpu_upgrade_poll_interval=1,
+        openxpu_validate_timeout=2,
+    )
+    home = tmp_path / "ansible-home"
+    node = "xpu-node-1"
+    out = playbook("install.yml", inv, home=home)
+    assert out.returncode == 0, out.stdout[-6000:]
+    created = subprocess.run(
+        [str(kubectl_path()), "--kubeconfig", str(api.kubeconfig), "create", "-f", "-"],
+        input=json.dumps({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node, "labels": {
+                "openxpu.io/xpu.present": "true", "openxpu.io/driver.version": "0.1.0"}},
+        }),
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    try:
+        # 1. Nobody reconciles the new generation.
+        out = playbook("upgrade.yml", inv, home=home)
+        assert out.returncode == 2, out.stdout[-6000:]
+        assert (
+            "XPUClusterPolicy default with driver 0.1.1 was not reconciled after 3s "
+            "(spec.driver.version 0.1.1, generation 2, observed never)"
+        ) in out.stdout, out.stdout[-6000:]
+
+        # 2. The "operator" reconciled it, but no node is upgraded: named, with why.
+        driver = {"name": "driver", "desired": 1, "ready": 1, "updated": 0}
+        status = {"observedGeneration": 2, "state": "ready", "operands": [driver]}
+        patched = kubectl(
+            api, "patch", "xpuclusterpolicy", "default", "--subresource=status",
+            "--type=merge", "-p", json.dumps({"status": status}),
+        )  # fmt: skip
+        assert patched.returncode == 0, patched.stderr
+        out = playbook("upgrade.yml", inv, home=home)
+        assert out.returncode == 2, out.stdout[-6000:]
+        text = " ".join(out.stdout.split())
+        assert (
+            f"driver upgrade to 0.1.1 not done after 3s on node(s): {node} (no upgrade state, "
+            "driver 0.1.0). No XPU node carries openxpu.io/driver-upgrade-state: the operator "
+            "has not started a driver upgrade (its upgrade controller is not running). The "
+            "policy's driver operand has 0/1 pods on the new template (state ready)"
+        ) in text, text[-6000:]
+
+        # 3. The node walks to upgrade-done with the new driver: the wait passes, and
+        # validation runs next (and fails here: no exporter, no device plugin).
+        labelled = kubectl(
+            api, "label", "node", node, "--overwrite",
+            "openxpu.io/driver-upgrade-state=upgrade-done", "openxpu.io/driver.version=0.1.1",
+        )  # fmt: skip
+        assert labelled.returncode == 0, labelled.stderr
+        out = playbook("upgrade.yml", inv, home=home)
+        passed = (
+            r"TASK \[openxpu_upgrade : Every XPU node is upgrade-done with the new driver\] \**\n"
+        )
+        passed += r"ok:"
+        assert re.search(passed, out.stdout), out.stdout[-6000:]
+        assert re.findall(r"TASK \[([^\]]+)\]", out.stdout)[-1].startswith("openxpu_validate")
+    finally:
+        kubectl(api, "delete", "node", node, "--wait")
+        gone = playbook("uninstall.yml", inv, home=home)
+        assert gone.returncode == 0, gone.stdout[-6000:]

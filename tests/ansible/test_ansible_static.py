@@ -93,6 +93,18 @@ def _refused(out_text: str) -> list[str]:
             "maybe",
             "argument 'openxpu_uninstall_hooks' is of type str",
         ),
+        (
+            "validate.yml",
+            "openxpu_validate_monitoring",
+            "sometimes",
+            "argument 'openxpu_validate_monitoring' is of type str",
+        ),
+        (
+            "validate.yml",
+            "openxpu_validate_prometheus",
+            "http://127.0.0.1:9090",
+            "unknown variable(s) openxpu_validate_prometheus",
+        ),
         ("install.yml", "openxpu_stack_valeus", "{}", "unknown variable(s) openxpu_stack_valeus"),
         (
             "uninstall.yml",

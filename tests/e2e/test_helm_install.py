@@ -27,6 +27,7 @@ from e2e.conftest import (
     STACK_NAMESPACE,
     LabCluster,
     Release,
+    installed_stack,
     require_no_foreign_stack,
     wait_for,
     wait_ready,
@@ -102,7 +103,8 @@ def leftovers(lab: LabCluster) -> list[str]:
     """Everything of ours after `helm uninstall`: policies, objects the chart or the operator
     made (by label, every namespace), node labels openxpu.io/*, host files (the lab's node
     is this machine), objects in the release namespace other than the operator's Lease."""
-    left = [f"XPUClusterPolicy {p['metadata']['name']}" for p in _items(lab, "xcp")]
+    # installed_stack: policies (none when the CRD is gone too), operators, drivers.
+    left = list(installed_stack(lab.kubectl))
     for kinds in KINDS:
         for selector in OURS:
             out = lab.kubectl("get", kinds, "-A", "-l", selector, "-o", "name")
