@@ -141,6 +141,20 @@ def kwok_tool() -> GoTool:
     )
 
 
+def prometheus_operator_tool() -> GoTool:
+    v = versions.PROMETHEUS_OPERATOR
+    module = "github.com/prometheus-operator/prometheus-operator"
+    return GoTool(
+        name="prometheus-operator",
+        module=module,
+        version=v,
+        go_directive="1.24.0",
+        commands={c: f"{module}/cmd/{c}" for c in versions.PROMETHEUS_OPERATOR_COMMANDS},
+        bin_dir=paths.prometheus_operator_bin_dir(),
+        ldflags=f"-X github.com/prometheus/common/version.Version={v.lstrip('v')}",
+    )
+
+
 def _write_module(tool: GoTool) -> None:
     src = tool.src_dir
     src.mkdir(parents=True, exist_ok=True)
@@ -194,6 +208,16 @@ def ensure(tool: GoTool, progress: Progress, only: tuple[str, ...] = ()) -> dict
         spent[name] = time.monotonic() - t0
     _record_times(tool, spent)
     return spent
+
+
+def module_source(tool: GoTool) -> Path:
+    """The upstream module's source tree in Go's module cache, for the data files it ships."""
+    out = run(
+        ["go", "mod", "download", "-json", f"{tool.module}@{tool.version}"],
+        env=_go_env(),
+        timeout=600,
+    )
+    return Path(json.loads(out.stdout)["Dir"])
 
 
 def kubectl_path(progress: Progress | None = None) -> Path:

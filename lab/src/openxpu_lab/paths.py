@@ -44,6 +44,10 @@ def kwok_bin_dir() -> Path:
     return cache_root() / "kwok" / versions.KWOK / "bin"
 
 
+def prometheus_operator_bin_dir() -> Path:
+    return cache_root() / "prometheus-operator" / versions.PROMETHEUS_OPERATOR / "bin"
+
+
 def images_dir() -> Path:
     return cache_root() / "images"
 
