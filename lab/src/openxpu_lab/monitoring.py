@@ -149,11 +149,16 @@ def _build(folder: str, name: str, inputs: list[Path], progress: Progress) -> Pa
         for f in inputs:
             shutil.copy2(f, ctx / f.name)
         builder.build(ctx / "Dockerfile", ctx, name, out, progress)
-    # Older builds of this image only: "prometheus-*" also matches the operator's archives.
-    for old in paths.images_dir().glob(f"{folder}-*.tar"):
-        if old != out and re.fullmatch(rf"{re.escape(folder)}-[0-9a-f]{{16}}\.tar", old.name):
-            old.unlink()
+    drop_older_archives(folder, out)
     return out
+
+
+def drop_older_archives(folder: str, keep: Path) -> None:
+    """Remove earlier builds of images/<folder> only: "prometheus-*" also matches the
+    operator's archives."""
+    for old in paths.images_dir().glob(f"{folder}-*.tar"):
+        if old != keep and re.fullmatch(rf"{re.escape(folder)}-[0-9a-f]{{16}}\.tar", old.name):
+            old.unlink()
 
 
 def ensure_images(progress: Progress) -> list[Path]:
@@ -334,16 +339,20 @@ def _why_not_ready(kubeconfig: Path) -> str:
     return "pods:\n{}\noperator log:\n{}".format(*said)
 
 
+def apply(kubeconfig: Path, progress: Progress) -> None:
+    """The CRDs (once Established), then every other object of manifests()."""
+    _apply(kubeconfig, "-f", str(ensure_crds(progress)))
+    names = [f"crd/{c}.{CRD_GROUP}" for c in CRDS]
+    _kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *names)
+    listing = {"apiVersion": "v1", "kind": "List", "items": manifests()}
+    _apply(kubeconfig, "-f", "-", stdin=json.dumps(listing))
+
+
 def install(kubeconfig: Path, progress: Progress, timeout: float = 300) -> None:
     """Apply the CRDs, the operator and the Prometheus; return once Prometheus answers.
     The images must already be in every node's containerd (ensure_images + import)."""
-    crds = ensure_crds(progress)
     with progress.step(f"Prometheus Operator {versions.PROMETHEUS_OPERATOR} and a Prometheus"):
-        _apply(kubeconfig, "-f", str(crds))
-        names = [f"crd/{c}.{CRD_GROUP}" for c in CRDS]
-        _kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *names)
-        listing = {"apiVersion": "v1", "kind": "List", "items": manifests()}
-        _apply(kubeconfig, "-f", "-", stdin=json.dumps(listing))
+        apply(kubeconfig, progress)
         deadline = time.monotonic() + timeout
         while not prometheus_ready():
             if time.monotonic() > deadline:
