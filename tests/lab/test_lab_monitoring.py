@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from exporter.prometheus import Prometheus
 from exporter.support import free_port
+
 from openxpu_exporter import dashboard
 from openxpu_lab import apiserver_only, cli, monitoring
 from openxpu_lab.envtest import ApiServer
@@ -22,6 +22,7 @@ from openxpu_lab.shell import LabError
 
 NS = monitoring.NAMESPACE
 OPERATOR = f"system:serviceaccount:{NS}:{monitoring.OPERATOR_NAME}"
+PROMETHEUSES = f"prometheuses.{monitoring.CRD_GROUP}"
 PROMETHEUS = f"system:serviceaccount:{NS}:{monitoring.PROMETHEUS_SA}"
 
 
@@ -115,8 +116,11 @@ def applied() -> Iterator[ApiServer]:
     ("user", "args"),
     [
         # What the operator's startup checks ask (SelfSubjectAccessReviews) for Prometheus.
-        (OPERATOR, ("list", "prometheuses.monitoring.coreos.com", "-n", NS)),
-        (OPERATOR, ("update", "prometheuses.monitoring.coreos.com", "--subresource=status", "-n", NS)),
+        (OPERATOR, ("list", PROMETHEUSES, "-n", NS)),
+        (
+            OPERATOR,
+            ("update", f"prometheuses.{monitoring.CRD_GROUP}", "--subresource=status", "-n", NS),
+        ),
         # Monitors and rules anywhere; its StatefulSet, config Secret, rule ConfigMaps at home.
         (OPERATOR, ("watch", "servicemonitors.monitoring.coreos.com", "-A")),
         (OPERATOR, ("list", "prometheusrules.monitoring.coreos.com", "-A")),
