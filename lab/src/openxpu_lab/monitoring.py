@@ -402,9 +402,9 @@ def headline_panels(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
     return found
 
 
-def all_values(expr: str) -> str:
+def all_values(expr: str, rate_interval: str = "1m") -> str:
     """A panel query with Grafana's variables set to "All" (`.*`), runnable as PromQL."""
-    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+    expr = expr.replace("$__rate_interval", rate_interval).replace("$__interval", rate_interval)
     return re.sub(r"\$\{?\w+\}?", ".*", expr)
 
 
