@@ -180,3 +180,15 @@ def test_summary_without_prometheus_is_one_line_and_exit_1(
     assert cli.main(["monitoring", "summary", "--url", dead]) == 1
     err = capsys.readouterr().err
     assert err.startswith("openxpu-lab: error: Prometheus does not answer") and err.count("\n") == 1
+
+
+@pytest.mark.unit
+def test_summary_refuses_what_is_not_a_running_lab_or_an_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without the lab its node address is routed off the machine: never asked.
+    monkeypatch.setattr(monitoring, "NODE_IP", "192.0.2.1")
+    with pytest.raises(LabError, match=r"the lab is not up \(192\.0\.2\.1 is no address"):
+        monitoring.summary()
+    with pytest.raises(LabError, match="is not a Prometheus URL"):
+        monitoring.summary("localhost:9090")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import tempfile
 import time
 import urllib.error
@@ -416,10 +417,28 @@ def _format(value: float, unit: str) -> str:
     return f"{value:g}"
 
 
+def _require_lab_address() -> None:
+    """The node address exists only while the lab is up; otherwise a request to it would
+    leave the machine through the default route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((NODE_IP, 0))
+        except OSError as exc:
+            raise LabError(
+                f"the lab is not up ({NODE_IP} is no address of this machine): "
+                "run `openxpu-lab up --monitoring`"
+            ) from exc
+
+
 def api(path: str, prom_url: str | None = None, timeout: float = 10, **params: str) -> Any:
     """The `data` of a Prometheus HTTP API answer; LabError when it does not answer or
     refuses the request."""
-    prom_url = prom_url or url()
+    if prom_url is None:
+        _require_lab_address()
+        prom_url = url()
+    parts = urllib.parse.urlsplit(prom_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LabError(f"{prom_url!r} is not a Prometheus URL like http://127.0.0.1:9090")
     q = urllib.parse.urlencode(params)
     try:
         with urllib.request.urlopen(f"{prom_url}/api/v1/{path}?{q}", timeout=timeout) as r:
@@ -441,7 +460,6 @@ def query(expr: str, prom_url: str | None = None) -> list[dict[str, Any]]:
 
 def summary(prom_url: str | None = None) -> list[PanelValue]:
     """One query per headline panel of the dashboard with its current value."""
-    prom_url = prom_url or url()
     dashboard = json.loads(dashboard_path().read_text())
     values = []
     for title, expr, unit in headline_panels(dashboard):
