@@ -157,13 +157,25 @@ def test_nothing_more(applied: ApiServer, user: str, args: tuple[str, ...]) -> N
 
 
 @pytest.mark.integration
-def test_summary_asks_a_real_prometheus_each_headline_query(tmp_path: Path) -> None:
+def test_summary_asks_a_real_prometheus_each_headline_query(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # No targets: the count of XPUs has no data, the allocated ones fall back to vector(0).
     prom = Prometheus(tmp_path / "prometheus", [], {"groups": []}).start()
     try:
         values = {v.title: v for v in monitoring.summary(prom.url)}
+        capsys.readouterr()
+        assert cli.main(["monitoring", "summary", "--url", prom.url]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        assert cli.main(["monitoring", "summary", "--url", prom.url, "--json"]) == 0
+        as_json = json.loads(capsys.readouterr().out)
     finally:
         prom.stop()
+    assert printed[0] == f"Prometheus answers at {prom.url}"
+    assert "release=kube-prometheus-stack" in printed[1]
+    allocated = next(line for line in printed if "Allocated XPUs" in line).split()
+    assert allocated[2] == "0" and " ".join(allocated[3:]) == values["Allocated XPUs"].expr
+    assert [v["title"] for v in as_json] == list(values)
     assert list(values) == [t for t, _, _ in monitoring.headline_panels(dashboard.build())]
     assert values["XPUs"].value == "no data"
     assert values["Allocated XPUs"].value == "0"
