@@ -148,10 +148,16 @@ def monitored(stack: LabCluster) -> Iterator[LabCluster]:  # noqa: F811
 def test_every_exporter_pod_is_an_up_target(monitored: LabCluster) -> None:
     pods = exporter_pods(monitored)
     assert pods, "the stack runs exporter pods"
-    targets = wait_for(
-        f"an up == 1 target for each of {sorted(pods)}",
-        lambda: (t := up_targets()) and set(t) == set(pods) and set(t.values()) == {"1"} and t,
-    )
+    try:
+        targets = wait_for(
+            f"an up == 1 target for each of {sorted(pods)}",
+            lambda: (t := up_targets()) and set(t) == set(pods) and set(t.values()) == {"1"} and t,
+        )
+    except AssertionError as exc:
+        config = monitoring.api("status/config")["yaml"]
+        raise AssertionError(
+            f"{exc}\nPrometheus config:\n{config}\n{monitoring.diagnose(monitored.kubeconfig, 30)}"
+        ) from None
     assert set(targets) == set(pods)
     # The alert rules arrived through the PrometheusRule, with their $labels templates.
     groups = monitoring.api("rules")["groups"]

@@ -126,6 +126,7 @@ def applied() -> Iterator[ApiServer]:
         (OPERATOR, ("list", "prometheusrules.monitoring.coreos.com", "-A")),
         (OPERATOR, ("create", "statefulsets", "-n", NS)),
         (OPERATOR, ("update", "secrets", "-n", NS)),
+        (OPERATOR, ("create", "events", "-n", "openxpu")),
         (PROMETHEUS, ("watch", "endpoints", "-A")),
         (PROMETHEUS, ("list", "pods", "-n", "openxpu")),
     ],

@@ -79,6 +79,9 @@ OPERATOR_CLUSTER_RULES: list[dict[str, Any]] = [
         "verbs": READ,
     },
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+    # Events on the monitors and rules it rejects, in their namespaces (it checks for this
+    # right cluster-wide and emits none without it).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 OPERATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
     {"apiGroups": [CRD_GROUP], "resources": ["prometheuses"], "verbs": READ},
@@ -91,7 +94,6 @@ OPERATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": [*READ, *WRITE]},
     {"apiGroups": [""], "resources": ["services", "endpoints"], "verbs": ["get", *WRITE]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 # Prometheus's own Kubernetes service discovery (endpoints role) in any namespace.
 PROMETHEUS_RULES: list[dict[str, Any]] = [
@@ -327,24 +329,45 @@ def prometheus_ready(timeout: float = 3) -> bool:
         return False
 
 
-def _why_not_ready(kubeconfig: Path) -> str:
-    """Pods of the namespace and the operator's last log lines, for the error message."""
+def diagnose(kubeconfig: Path, lines: int = 8) -> str:
+    """Pods of the namespace and the operator's and the config reloader's last log lines,
+    for error messages."""
     said = []
-    for args in (("get", "pods"), ("logs", f"deploy/{OPERATOR_NAME}", "--tail=8")):
+    reloader = ("logs", f"statefulset/prometheus-{PROMETHEUS_NAME}", "-c", "config-reloader")
+    for args in (
+        ("get", "pods"),
+        ("logs", f"deploy/{OPERATOR_NAME}", f"--tail={lines}"),
+        (*reloader, f"--tail={lines}"),
+    ):
         proc = run(
             [gobuild.kubectl_path(), f"--kubeconfig={kubeconfig}", "-n", NAMESPACE, *args],
             check=False,
             timeout=30,
         )
         said.append((proc.stdout or proc.stderr).strip())
-    return "pods:\n{}\noperator log:\n{}".format(*said)
+    return "pods:\n{}\noperator log:\n{}\nconfig reloader log:\n{}".format(*said)
+
+
+def _wait_established(kubeconfig: Path, timeout: float = 60) -> None:
+    """Poll (`kubectl wait` fails outright on a CRD whose status has no conditions yet)."""
+    names = [f"{c}.{CRD_GROUP}" for c in CRDS]
+    deadline = time.monotonic() + timeout
+    while True:
+        crds = json.loads(_kubectl(kubeconfig, "get", "crd", *names, "-o=json"))["items"]
+        conditions = [c for crd in crds for c in (crd.get("status") or {}).get("conditions") or []]
+        if sum(c["type"] == "Established" and c["status"] == "True" for c in conditions) == len(
+            names
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"the Prometheus Operator's CRDs are not Established after {timeout}s")
+        time.sleep(0.5)
 
 
 def apply(kubeconfig: Path, progress: Progress) -> None:
     """The CRDs (once Established), then every other object of manifests()."""
     _apply(kubeconfig, "-f", str(ensure_crds(progress)))
-    names = [f"crd/{c}.{CRD_GROUP}" for c in CRDS]
-    _kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *names)
+    _wait_established(kubeconfig)
     listing = {"apiVersion": "v1", "kind": "List", "items": manifests()}
     _apply(kubeconfig, "-f", "-", stdin=json.dumps(listing))
 
@@ -359,7 +382,7 @@ def install(kubeconfig: Path, progress: Progress, timeout: float = 300) -> None:
             if time.monotonic() > deadline:
                 raise LabError(
                     f"the lab's Prometheus did not answer at {url()} within {timeout:.0f}s; "
-                    + _why_not_ready(kubeconfig)
+                    + diagnose(kubeconfig)
                 )
             time.sleep(1)
 
