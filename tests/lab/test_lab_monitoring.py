@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from exporter.prometheus import Prometheus
 from exporter.support import free_port
 
 from openxpu_exporter import dashboard
-from openxpu_lab import apiserver_only, cli, monitoring
+from openxpu_lab import apiserver_only, cli, gobuild, monitoring
 from openxpu_lab.envtest import ApiServer
 from openxpu_lab.gobuild import kubectl_path
 from openxpu_lab.progress import Progress
@@ -205,3 +207,68 @@ def test_summary_refuses_what_is_not_a_running_lab_or_an_url(
         monitoring.summary()
     with pytest.raises(LabError, match="is not a Prometheus URL"):
         monitoring.summary("localhost:9090")
+
+
+def _run_prometheus(binary: Path, workdir: Path) -> tuple[bool, str]:
+    """Start `binary` on a config with one kubernetes_sd_configs job (what the operator makes
+    of a ServiceMonitor); (whether it became ready, its log)."""
+    workdir.mkdir(parents=True)
+    config = {
+        "scrape_configs": [
+            {
+                "job_name": "serviceMonitor/openxpu/openxpu-exporter/0",
+                # A closed loopback port: discovery fails, loading the config must not.
+                "kubernetes_sd_configs": [
+                    {"role": "endpoints", "api_server": f"http://127.0.0.1:{free_port()}"}
+                ],
+            }
+        ]
+    }
+    (workdir / "prometheus.yml").write_text(json.dumps(config))
+    port = free_port()
+    log = workdir / "log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if monitoring_ready(f"http://127.0.0.1:{port}"):
+                return True, log.read_text()
+            time.sleep(0.2)
+        return False, log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def monitoring_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(3600)  # a fresh machine builds Prometheus first (minutes)
+def test_the_lab_prometheus_loads_what_the_operator_makes_of_a_service_monitor(
+    tmp_path: Path,
+) -> None:
+    tool = gobuild.prometheus_tool()
+    gobuild.ensure(tool, Progress(quiet=True))
+    ready, log = _run_prometheus(tool.bin_dir / "prometheus", tmp_path / "built")
+    assert ready, log[-2000:]
+    # Why it is built: Debian's package refuses the same config (no Kubernetes discovery).
+    debian = Path("/usr/bin/prometheus")
+    if debian.exists():
+        ready, log = _run_prometheus(debian, tmp_path / "debian")
+        assert not ready and "field kubernetes_sd_configs not found" in log

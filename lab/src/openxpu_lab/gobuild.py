@@ -155,6 +155,18 @@ def prometheus_operator_tool() -> GoTool:
     )
 
 
+def prometheus_tool() -> GoTool:
+    return GoTool(
+        name="prometheus",
+        module="github.com/prometheus/prometheus",
+        version=versions.PROMETHEUS_MODULE_VERSION,
+        go_directive="1.22.0",
+        commands={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+        bin_dir=paths.prometheus_bin_dir(),
+        ldflags=f"-X github.com/prometheus/common/version.Version={versions.PROMETHEUS[1:]}",
+    )
+
+
 def _write_module(tool: GoTool) -> None:
     src = tool.src_dir
     src.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """`openxpu-lab up --monitoring`: the Prometheus Operator and one Prometheus it manages, in the
 lab, the way kube-prometheus-stack runs them on a real cluster.
 
-The operator is built from its Go module (gobuild.py), its CRDs come from the same module's
-source, and both images are built locally (images/prometheus-operator: the operator and its
-config reloader; images/prometheus: Debian's Prometheus). The Prometheus selects
+The operator and Prometheus are built from their Go modules (gobuild.py), the CRDs come from
+the operator module's source, and both images are built locally (images/prometheus-operator:
+the operator and its config reloader; images/prometheus: Prometheus; Debian's package cannot
+serve: it is built without Kubernetes service discovery). The Prometheus selects
 ServiceMonitors and PrometheusRules in every namespace by kube-prometheus-stack's default
 label, `release: kube-prometheus-stack`, so objects labelled for a real kube-prometheus-stack
 are picked up here unchanged. It scrapes and evaluates rules every 5s so the e2e tests see
@@ -43,8 +44,8 @@ PROMETHEUS_SA = "openxpu-lab-prometheus"
 SCRAPE_INTERVAL = "5s"
 EVALUATION_INTERVAL = "5s"
 NODE_PORT = 30090
-# The Prometheus of Debian bookworm; the operator shapes its flags and config by this version.
-PROMETHEUS_VERSION = "v2.42.0"
+# The operator shapes Prometheus's flags and config by this version.
+PROMETHEUS_VERSION = versions.PROMETHEUS
 # localhost/: built here, never pulled (like the lab's pause and busybox images).
 OPERATOR_IMAGE = f"localhost/openxpu-lab/prometheus-operator:{versions.PROMETHEUS_OPERATOR}"
 PROMETHEUS_IMAGE = f"localhost/openxpu-lab/prometheus:{PROMETHEUS_VERSION}"
@@ -169,9 +170,11 @@ def ensure_images(progress: Progress) -> list[Path]:
     tool = gobuild.prometheus_operator_tool()
     gobuild.ensure(tool, progress)
     binaries = [tool.bin_dir / c for c in versions.PROMETHEUS_OPERATOR_COMMANDS]
+    prometheus_tool = gobuild.prometheus_tool()
+    gobuild.ensure(prometheus_tool, progress)
     return [
         _build("prometheus-operator", OPERATOR_IMAGE, binaries, progress),
-        _build("prometheus", PROMETHEUS_IMAGE, [], progress),
+        _build("prometheus", PROMETHEUS_IMAGE, [prometheus_tool.bin_dir / "prometheus"], progress),
     ]
 
 
