@@ -32,7 +32,7 @@ class GoTool:
     bin_dir: Path
     ldflags: str = ""
     tags: str = ""
-    replaces: dict[str, str] = field(default_factory=dict)
+    replaces: dict[str, str] = field(default_factory=dict)  # module -> version or "module version"
     godebug: str = ""
 
     @property
@@ -164,6 +164,8 @@ def prometheus_tool() -> GoTool:
         commands={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
         bin_dir=paths.prometheus_bin_dir(),
         ldflags=f"-X github.com/prometheus/common/version.Version={versions.PROMETHEUS[1:]}",
+        # Upstream's own replace: its main hands klog a go-kit logger.
+        replaces={"k8s.io/klog/v2": "github.com/simonpasquier/klog-gokit/v3 v3.3.0"},
     )
 
 
@@ -181,7 +183,8 @@ def _write_module(tool: GoTool) -> None:
     lines += [f"require {tool.module} {tool.version}", ""]
     if replaces:
         lines.append("replace (")
-        lines += [f"\t{m} => {m} {v}" for m, v in sorted(replaces.items())]
+        # "version" pins the module itself; "other/module version" swaps it for another.
+        lines += [f"\t{m} => {v if ' ' in v else f'{m} {v}'}" for m, v in sorted(replaces.items())]
         lines += [")", ""]
     gomod = "\n".join(lines)
     stamp = src / "go.mod.in"
