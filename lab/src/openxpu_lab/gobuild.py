@@ -164,8 +164,11 @@ def prometheus_tool() -> GoTool:
         commands={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
         bin_dir=paths.prometheus_bin_dir(),
         ldflags=f"-X github.com/prometheus/common/version.Version={versions.PROMETHEUS[1:]}",
-        # Upstream's own replace: its main hands klog a go-kit logger.
-        replaces={"k8s.io/klog/v2": "github.com/simonpasquier/klog-gokit/v3 v3.3.0"},
+        # Upstream's own replaces: its main hands klog a go-kit logger.
+        replaces={
+            "k8s.io/klog": "github.com/simonpasquier/klog-gokit v0.3.0",
+            "k8s.io/klog/v2": "github.com/simonpasquier/klog-gokit/v3 v3.3.0",
+        },
     )
 
 
