@@ -152,6 +152,8 @@ def test_every_exporter_pod_is_an_up_target(monitored: LabCluster) -> None:
         targets = wait_for(
             f"an up == 1 target for each of {sorted(pods)}",
             lambda: (t := up_targets()) and set(t) == set(pods) and set(t.values()) == {"1"} and t,
+            # The new config reaches the pod as a Secret volume: the kubelet's sync (~1 min).
+            timeout=300,
         )
     except AssertionError as exc:
         config = monitoring.api("status/config")["yaml"]
@@ -213,10 +215,10 @@ def test_bench_scrape_and_alert_latency(monitored: LabCluster) -> None:
     lab = monitored
     smon = yaml.safe_dump(exporter_service_monitor())
     lab.kubectl("delete", "-f", "-", input_text=smon)
-    wait_for("the exporter targets to go", lambda: not up_targets(), timeout=120)
+    wait_for("the exporter targets to go", lambda: not up_targets(), timeout=300)
     applied = time.time()
     lab.kubectl("apply", "-f", "-", input_text=smon)
-    wait_for("a sample after the ServiceMonitor came back", lambda: up_targets(), timeout=180)
+    wait_for("a sample after the ServiceMonitor came back", lambda: up_targets(), timeout=300)
     first_sample = time.time() - applied
 
     driver_smi(lab, "inject-fault", "-i", "1", "--code", "48")
