@@ -166,6 +166,7 @@ def test_every_exporter_pod_is_an_up_target(monitored: LabCluster) -> None:
     assert ALERT in {r["name"] for g in groups for r in g["rules"]}
 
 
+@pytest.mark.timeout(900)
 def test_alert_fires_after_a_fault_and_resolves_after_clearing_it(monitored: LabCluster) -> None:
     lab = monitored
     wait_for("the exporter's first samples", lambda: up_targets())
@@ -209,6 +210,7 @@ def test_summary_prints_every_headline_panel_with_a_value(monitored: LabCluster)
 
 
 @pytest.mark.bench
+@pytest.mark.timeout(1200)
 def test_bench_scrape_and_alert_latency(monitored: LabCluster) -> None:
     """Figures: a new ServiceMonitor -> its first sample queryable (the operator regenerates
     the config, the reloader reloads, Prometheus scrapes); a fault -> the alert firing."""
