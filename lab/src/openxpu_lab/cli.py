@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from openxpu_lab import envtest, gobuild, kube, procs, versions
+from openxpu_lab import envtest, gobuild, kube, monitoring, procs, versions
 from openxpu_lab.cluster import COMPONENTS, Lab
 from openxpu_lab.paths import default_state_dir
 from openxpu_lab.progress import Progress
@@ -50,6 +51,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         kwok_nodes=args.kwok_nodes,
         nodes_count=args.nodes,
         node_profiles=dict(args.node_profile) if args.node_profile else None,
+        with_monitoring=args.monitoring,
     )
     info = res.info
     print(f"kubeconfig: {info['kubeconfig']}")
@@ -67,6 +69,25 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"figures:    warm start to node Ready {res.ready_seconds:.1f}s "
             f"(binaries cached; their cold build took {info['cold_build_seconds']:.0f}s)"
         )
+    if args.monitoring:
+        print(f"prometheus: {monitoring.url()} (`openxpu-lab monitoring summary`)")
+    return 0
+
+
+def cmd_monitoring(args: argparse.Namespace) -> int:
+    if args.action == "url":
+        print(monitoring.url())
+        return 0
+    values = monitoring.summary(args.url)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in values], indent=2))
+        return 0
+    label = ", ".join(f"{k}={v}" for k, v in monitoring.SELECTOR_LABELS.items())
+    print(f"Prometheus answers at {args.url or monitoring.url()}")
+    print(f"  (it selects ServiceMonitors and PrometheusRules labelled {label})")
+    width = max(len(v.title) for v in values)
+    for v in values:
+        print(f"  {v.title:<{width}}  {v.value:>12}   {v.expr}")
     return 0
 
 
@@ -220,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="emulation profile of a node (e.g. worker-2=x1-4), set as its node label "
         "openxpu.io/emulation.profile; repeatable",
     )
+    up.add_argument(
+        "--monitoring",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the Prometheus Operator and a Prometheus in the cluster (docs/monitoring.md); "
+        "--no-monitoring removes them; default: leave them as they are",
+    )
     up.set_defaults(func=cmd_up)
     nd = sub.add_parser("node", help="fail or recover one node")
     nd.add_argument(
@@ -259,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--helm", action="store_true", help="also build helm")
     b.add_argument("--kwok", action="store_true", help="also build kwok")
     b.set_defaults(func=cmd_build)
+    mo = sub.add_parser("monitoring", help="the lab's in-cluster Prometheus (up --monitoring)")
+    mo.add_argument(
+        "action",
+        choices=("summary", "url"),
+        help="summary: where Prometheus answers and each headline dashboard panel's query "
+        "with its current value; url: only where it answers",
+    )
+    mo.add_argument("--url", default=None, help="another Prometheus to ask (default: the lab's)")
+    mo.add_argument("--json", action="store_true", help="summary as JSON")
+    mo.set_defaults(func=cmd_monitoring)
     ao = sub.add_parser("apiserver-only", help="etcd + kube-apiserver in the foreground")
     ao.set_defaults(func=cmd_apiserver_only)
     return ap

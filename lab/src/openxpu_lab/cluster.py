@@ -24,6 +24,7 @@ from openxpu_lab import (
     hostdeps,
     kube,
     kwok,
+    monitoring,
     network,
     node,
     nodes,
@@ -361,10 +362,13 @@ class Lab:
         kwok_nodes: int | None = None,
         nodes_count: int | None = None,
         node_profiles: dict[str, str] | None = None,
+        with_monitoring: bool | None = None,
     ) -> UpResult:
         """Start whatever is not running and wait for every node Ready. `kwok_nodes`: None
         leaves KWOK nodes as they are, N makes it exactly N (0 removes them). `nodes_count`:
-        None keeps the real nodes as recorded (1 at first), N makes it exactly N."""
+        None keeps the real nodes as recorded (1 at first), N makes it exactly N.
+        `with_monitoring`: True runs the Prometheus Operator and a Prometheus in the cluster
+        (monitoring.py), False removes them, None leaves them as they are."""
         if os.geteuid() != 0:
             raise LabError("openxpu-lab up needs root (it runs containerd, the kubelet, CNI)")
         specs = self._wanted_nodes(nodes_count, node_profiles)
@@ -462,6 +466,10 @@ class Lab:
                 kwok.ensure_kwok_nodes(settings, self.admin_api(), kwok_nodes, p)
         if openxpu_image:
             self.load_openxpu_image()
+        if with_monitoring:
+            self.start_monitoring()
+        elif with_monitoring is False:
+            monitoring.remove(layout.admin_kubeconfig, p)
         info: LabInfo = {
             "kubeconfig": str(layout.admin_kubeconfig),
             "server": settings.server_url,
@@ -498,6 +506,14 @@ class Lab:
         archive = openxpu.ensure_image(self.progress, force=force)
         for n in self._running_nodes():
             store.import_archive(n, archive, self.progress)
+
+    def start_monitoring(self) -> None:
+        """The Prometheus Operator and its Prometheus, images imported on every node."""
+        hostdeps.ensure_packages(("mmdebstrap",), self.progress)
+        for archive in monitoring.ensure_images(self.progress):
+            for n in self._running_nodes():
+                store.import_archive(n, archive, self.progress)
+        monitoring.install(self.layout.admin_kubeconfig, self.progress)
 
     def restart(self, component: str) -> UpResult:
         """Stop one component by pid and bring the lab back (e.g. kubelet restart tests:

@@ -32,7 +32,7 @@ class GoTool:
     bin_dir: Path
     ldflags: str = ""
     tags: str = ""
-    replaces: dict[str, str] = field(default_factory=dict)
+    replaces: dict[str, str] = field(default_factory=dict)  # module -> version or "module version"
     godebug: str = ""
 
     @property
@@ -141,6 +141,37 @@ def kwok_tool() -> GoTool:
     )
 
 
+def prometheus_operator_tool() -> GoTool:
+    v = versions.PROMETHEUS_OPERATOR
+    module = "github.com/prometheus-operator/prometheus-operator"
+    return GoTool(
+        name="prometheus-operator",
+        module=module,
+        version=v,
+        go_directive="1.24.0",
+        commands={c: f"{module}/cmd/{c}" for c in versions.PROMETHEUS_OPERATOR_COMMANDS},
+        bin_dir=paths.prometheus_operator_bin_dir(),
+        ldflags=f"-X github.com/prometheus/common/version.Version={v.lstrip('v')}",
+    )
+
+
+def prometheus_tool() -> GoTool:
+    return GoTool(
+        name="prometheus",
+        module="github.com/prometheus/prometheus",
+        version=versions.PROMETHEUS_MODULE_VERSION,
+        go_directive="1.22.0",
+        commands={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+        bin_dir=paths.prometheus_bin_dir(),
+        ldflags=f"-X github.com/prometheus/common/version.Version={versions.PROMETHEUS[1:]}",
+        # Upstream's own replaces: its main hands klog a go-kit logger.
+        replaces={
+            "k8s.io/klog": "github.com/simonpasquier/klog-gokit v0.3.0",
+            "k8s.io/klog/v2": "github.com/simonpasquier/klog-gokit/v3 v3.3.0",
+        },
+    )
+
+
 def _write_module(tool: GoTool) -> None:
     src = tool.src_dir
     src.mkdir(parents=True, exist_ok=True)
@@ -155,7 +186,8 @@ def _write_module(tool: GoTool) -> None:
     lines += [f"require {tool.module} {tool.version}", ""]
     if replaces:
         lines.append("replace (")
-        lines += [f"\t{m} => {m} {v}" for m, v in sorted(replaces.items())]
+        # "version" pins the module itself; "other/module version" swaps it for another.
+        lines += [f"\t{m} => {v if ' ' in v else f'{m} {v}'}" for m, v in sorted(replaces.items())]
         lines += [")", ""]
     gomod = "\n".join(lines)
     stamp = src / "go.mod.in"
@@ -194,6 +226,16 @@ def ensure(tool: GoTool, progress: Progress, only: tuple[str, ...] = ()) -> dict
         spent[name] = time.monotonic() - t0
     _record_times(tool, spent)
     return spent
+
+
+def module_source(tool: GoTool) -> Path:
+    """The upstream module's source tree in Go's module cache, for the data files it ships."""
+    out = run(
+        ["go", "mod", "download", "-json", f"{tool.module}@{tool.version}"],
+        env=_go_env(),
+        timeout=600,
+    )
+    return Path(json.loads(out.stdout)["Dir"])
 
 
 def kubectl_path(progress: Progress | None = None) -> Path:

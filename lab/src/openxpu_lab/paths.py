@@ -44,6 +44,14 @@ def kwok_bin_dir() -> Path:
     return cache_root() / "kwok" / versions.KWOK / "bin"
 
 
+def prometheus_operator_bin_dir() -> Path:
+    return cache_root() / "prometheus-operator" / versions.PROMETHEUS_OPERATOR / "bin"
+
+
+def prometheus_bin_dir() -> Path:
+    return cache_root() / "prometheus" / versions.PROMETHEUS / "bin"
+
+
 def images_dir() -> Path:
     return cache_root() / "images"
 

@@ -29,4 +29,12 @@ HELM: Final = "v3.22.0"
 COREDNS: Final = "v1.15.0"
 # Simulated nodes for scale tests; v0.7 is built against k8s.io/* v0.33, like the lab.
 KWOK: Final = "v0.7.0"
+# `up --monitoring`: the operator and its config reloader, built from the module.
+PROMETHEUS_OPERATOR: Final = "v0.85.0"
+# The Prometheus it runs: 2.53 LTS, within the operator's tested range. Built from the module
+# (tagged v0.<minor>.<patch>) because Debian's package leaves out Kubernetes service
+# discovery, which every ServiceMonitor becomes.
+PROMETHEUS: Final = "v2.53.3"
+PROMETHEUS_MODULE_VERSION: Final = "v0.53.3"
+PROMETHEUS_OPERATOR_COMMANDS: Final = ("operator", "prometheus-config-reloader")
 DEBIAN_SUITE: Final = "bookworm"
