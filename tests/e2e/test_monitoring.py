@@ -197,12 +197,6 @@ def test_alert_fires_after_a_fault_and_resolves_after_clearing_it(monitored: Lab
     wait_for(f"{ALERT} resolved", lambda: not alerts(ALERT), timeout=60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the operator's ServiceMonitor keeps the target's pod label: series of devices no "
-    "pod holds (the exporter leaves pod empty) get the exporter pod's name even with "
-    "honorLabels, so Allocated XPUs counts all 8 (needs relabelings dropping pod/container)",
-)
 def test_summary_prints_every_headline_panel_with_a_value(monitored: LabCluster) -> None:
     values = monitoring.summary()
     titles = [t for t, _, _ in monitoring.headline_panels(dashboard.build())]
