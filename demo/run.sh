@@ -12,8 +12,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-step "Cluster: openxpu-lab up (first run builds Kubernetes from source; later runs reuse it)"
-lab up
+step "Cluster: openxpu-lab up --monitoring (first run builds Kubernetes, the Prometheus Operator and Prometheus from source; later runs reuse them)"
+lab up --monitoring
 export KUBECONFIG
 KUBECONFIG="$(lab kubeconfig --path)"
 # The machine's kubectl, or the one the lab built when the machine has none; helm is the
@@ -39,7 +39,7 @@ fi
 step "OpenXPU: helm install (the operator, its CRD and the default XPUClusterPolicy)"
 # upgrade --install: the first run installs, later runs upgrade in place (same values).
 helm upgrade --install openxpu helm/openxpu --namespace openxpu --create-namespace \
-    --values demo/values-lab.yaml --wait --timeout 5m >/dev/null
+    --values demo/values-lab.yaml --values demo/values-monitoring.yaml --wait --timeout 5m >/dev/null
 helm list --namespace openxpu
 step "The operator deploys the stack in order: driver, CDI, validation, device plugin, feature discovery, exporter"
 # Ready for the policy's current generation (kubectl wait compares observedGeneration).
@@ -76,8 +76,15 @@ ip=$(kubectl -n openxpu get pod -l app.kubernetes.io/name=openxpu-exporter \
 curl -s "http://$ip:9400/metrics" | grep -E '^(openxpu_utilization_ratio|DCGM_FI_DEV_GPU_UTIL)\{' \
     | grep 'pod="xpu-burn' || true
 
-# --- Prometheus in the cluster (s2-monitoring): where it answers and one PromQL query per
-# --- headline dashboard panel with its current value go here, after the exporter step.
+step "Prometheus in the cluster: the headline dashboard panels, queried"
+# The Prometheus Operator finds the exporter's ServiceMonitor and configures Prometheus; wait
+# (bounded) until every headline panel has data, then print each panel's PromQL and value.
+every_panel_has_data() {
+    lab monitoring summary --json 2>/dev/null | python3 -c \
+        'import json, sys; sys.exit(any(v["value"] == "no data" for v in json.load(sys.stdin)))'
+}
+for _ in $(seq 60); do every_panel_has_data && break; sleep 2; done
+lab monitoring summary
 
 cat <<MSG
 
@@ -91,5 +98,6 @@ The cluster stays up. Try:
   kubectl get node -o jsonpath='{.items[0].status.allocatable}'    # one XPU fewer
   kubectl -n openxpu exec $driver -c driver -- xpu-smi clear-fault -i 0
   \$helm uninstall openxpu -n openxpu        # operands, node labels, host files: all gone
+  uv run openxpu-lab monitoring summary      # Prometheus: the headline panels, queried
   uv run openxpu-lab down                    # stop everything
 MSG
