@@ -112,9 +112,10 @@ def exporter_pods(lab: LabCluster) -> dict[str, str]:
 
 
 def up_targets() -> dict[str, str]:
-    """pod -> value of `up` for the targets found through the exporter's ServiceMonitor."""
-    result = monitoring.query('up{job="openxpu-exporter", namespace="openxpu"}')
-    return {r["metric"]["pod"]: r["value"][1] for r in result}
+    """exporter pod -> value of `up` for the targets found through the exporter's
+    ServiceMonitor (it keeps the target's pod as exporter_pod: `pod` is the workload's)."""
+    result = monitoring.query('up{job="openxpu-exporter"}')
+    return {r["metric"]["exporter_pod"]: r["value"][1] for r in result}
 
 
 def alerts(name: str) -> list[dict[str, Any]]:
