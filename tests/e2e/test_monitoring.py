@@ -27,7 +27,7 @@ from openxpu_lab.progress import Progress
 from openxpu_operator.policy import load_policy
 from openxpu_operator.render import OPERANDS, RenderContext, render_operand
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "openxpu"
 ALERT = "OpenXPUDeviceUnhealthy"
