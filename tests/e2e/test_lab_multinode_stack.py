@@ -14,24 +14,16 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import LabCluster
 from .test_lab_multinode import _nsenter
+from .test_openxpu_stack import DAEMONSETS, DEMO, RESOURCE
 
 pytestmark = pytest.mark.e2e
 
-DEMO = Path(__file__).resolve().parents[2] / "demo"
-DAEMONSETS = (
-    "openxpu-driver",
-    "openxpu-device-plugin",
-    "openxpu-feature-discovery",
-    "openxpu-exporter",
-)
-RESOURCE = "openxpu.io/xpu"
 PER_NODE = 8  # demo/stack/10-driver.yaml installs profile x1-8 on every node
 UUIDS = (
     "import time; from openxpu_runtime.xpu import XpuSession; s = XpuSession(); "
