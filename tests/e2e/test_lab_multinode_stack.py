@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import LabCluster
+from .conftest import LabCluster, require_no_foreign_stack
 from .test_lab_multinode import _nsenter
 from .test_openxpu_stack import DAEMONSETS, DEMO, RESOURCE
 
@@ -94,6 +94,8 @@ def delete_test_pods(lab: LabCluster) -> None:
 
 @pytest.fixture(scope="module")
 def stack3(lab_cluster: LabCluster) -> Iterator[list[str]]:
+    # It applies and deletes its own stack on three nodes: beside a running demo, skip.
+    require_no_foreign_stack(lab_cluster, "this module deploys and removes its own stack")
     lab = lab_cluster
     started = time.monotonic()
     res = lab.lab.up(nodes_count=3)
