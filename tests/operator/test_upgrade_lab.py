@@ -16,7 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e.conftest import COLD_START_TIMEOUT, LabCluster, lab_cluster  # noqa: F401 (fixture)
+from e2e.conftest import (  # noqa: F401 (fixture)
+    COLD_START_TIMEOUT,
+    LabCluster,
+    lab_cluster,
+    require_no_foreign_stack,
+)
 from operator_process import CRD_PATH, RBAC_PATH, Operator
 from test_controller_e2e import _operator_kubeconfig, wait_for
 
@@ -108,6 +113,7 @@ def _ready_replicas(lab: LabCluster) -> int:
 @pytest.fixture(scope="module")
 def three_node_stack(lab_cluster: LabCluster, tmp_path_factory: Any) -> Iterator[Any]:  # noqa: F811
     lab = lab_cluster
+    require_no_foreign_stack(lab)  # it deletes the CRD (and so every policy) at the end
     res = lab.lab.up(nodes_count=3)
     nodes: list[str] = res.info["nodes"]
     for node in nodes:
