@@ -44,9 +44,10 @@ integration: setup
 e2e: setup
 	$(UV) run --no-sync pytest -m e2e
 
-# The README's test command: lint, types, then every tier but benchmarks.
+# The README's test command: lint, types, then every tier but benchmarks, on two workers:
+# the tests that use the lab in one (in order), the others beside them (tests/conftest.py).
 test: lint typecheck
-	$(UV) run --no-sync pytest
+	$(UV) run --no-sync pytest -n 2 --dist loadgroup
 
 # The long tier: whole-lifecycle lab scenarios (Ansible install -> uninstall, the in-cluster
 # Prometheus with its alerts) that would push `make test` past CI's time budget.

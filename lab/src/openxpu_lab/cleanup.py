@@ -128,25 +128,6 @@ def kill_shims(socket: Path) -> int:
     return len(pids)
 
 
-def remove_netns(paths: list[str]) -> int:
-    n = 0
-    for p in paths:
-        if not p.startswith("/var/run/netns/") and not p.startswith("/run/netns/"):
-            continue
-        if os.path.exists(p):
-            run(["umount", p], check=False)
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-                n += 1
-    return n
-
-
-def cni_netns() -> list[str]:
-    """Network namespaces the CNI setup of containerd made (named cni-<uuid>)."""
-    d = Path("/var/run/netns")
-    return sorted(str(p) for p in d.glob("cni-*")) if d.exists() else []
-
-
 def worker_cgroup_roots() -> list[str]:
     """Cgroup roots of worker nodes' kubelets (`openxpu-lab-w<k>`) in any hierarchy."""
     return sorted(

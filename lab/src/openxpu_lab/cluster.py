@@ -559,22 +559,6 @@ class Lab:
 
     # ---- down ----------------------------------------------------------------------------
 
-    def _sandbox_netns(self) -> list[str]:
-        """Network namespaces of our pod sandboxes, read from containerd before it stops."""
-        found: list[str] = []
-        ctr = node.ctr
-        out = run(ctr(self.settings, "containers", "ls", "-q"), check=False, timeout=30).stdout
-        for cid in out.split():
-            info = run(ctr(self.settings, "containers", "info", cid), check=False, timeout=30)
-            try:
-                spec = json.loads(info.stdout).get("Spec", {})
-            except ValueError:
-                continue
-            for ns in spec.get("linux", {}).get("namespaces", []):
-                if ns.get("type") == "network" and ns.get("path"):
-                    found.append(ns["path"])
-        return sorted(set(found))
-
     def _kill_tasks(self, settings: LabSettings) -> None:
         ctr = node.ctr
         out = run(ctr(settings, "tasks", "ls", "-q"), check=False, timeout=30).stdout
@@ -588,7 +572,6 @@ class Lab:
         nothing else: another cluster's pods, chains and mounts stay."""
         report: list[str] = []
         settings, layout = self.settings, self.layout
-        netns: list[str] = []
         if procs.alive("kube-apiserver", layout.pids) is not None:
             try:
                 n = kwok.delete_kwok_nodes(self.admin_api())
@@ -616,7 +599,6 @@ class Lab:
                     timeout=30,
                 )
         if procs.alive("containerd", layout.pids) is not None:
-            netns = self._sandbox_netns()
             self._kill_tasks(settings)
         for name in (
             "coredns",
@@ -631,7 +613,7 @@ class Lab:
         n = cleanup.kill_shims(layout.containerd_socket)
         if n:
             report.append(f"killed {n} containerd shims")
-        report += self._release_host(netns)
+        report += self._release_host()
         # Runtime state only: certificates, etcd data and imported images stay for a warm start.
         for d in (layout.containerd_state, layout.cni_ipam_dir):
             shutil.rmtree(d, ignore_errors=True)
@@ -645,7 +627,7 @@ class Lab:
                 report.append(f"deleted {settings.kubelet_root}")
         return report
 
-    def _release_host(self, netns: list[str]) -> list[str]:
+    def _release_host(self) -> list[str]:
         """Undo what `up` recorded in the host claims; nothing if this lab never came up."""
         report: list[str] = []
         settings, layout = self.settings, self.layout
@@ -660,9 +642,6 @@ class Lab:
             n += cleanup.unmount_under(settings.kubelet_root)
         if n:
             report.append(f"unmounted {n} mounts")
-        n = cleanup.remove_netns(netns)
-        if n:
-            report.append(f"removed {n} network namespaces")
         if not host["active"]:
             return report
         if cgroup_root:
@@ -704,7 +683,6 @@ class Lab:
         if node.kubelet_root_owned_by_lab(self.settings):
             found += [f"mount {m}" for m in cleanup.mounts_under(self.settings.kubelet_root)]
         found += [f"network device {d}" for d in network.lab_links()]
-        found += [f"network namespace {n}" for n in cleanup.cni_netns()]
         foreign = frozenset(claims.load(layout.host_claims)["foreign_chains"])
         found += [f"iptables {c}" for c in network.lab_iptables(foreign)]
         return found

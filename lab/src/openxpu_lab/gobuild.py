@@ -7,6 +7,7 @@ keyed by version and are never rebuilt while present.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -203,8 +204,18 @@ def _write_module(tool: GoTool) -> None:
 
 def ensure(tool: GoTool, progress: Progress, only: tuple[str, ...] = ()) -> dict[str, float]:
     """Build whatever binary of `tool` (or of `only`) is missing; returns seconds per binary."""
+    if not [m for m in tool.missing() if not only or m in only]:
+        return {}
+    # Two processes (the lab and an envtest, two test workers) may want the same cold
+    # build: one builds, the other waits and finds it done.
+    tool.bin_dir.parent.mkdir(parents=True, exist_ok=True)
+    with (tool.bin_dir.parent / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(tool, progress, [m for m in tool.missing() if not only or m in only])
+
+
+def _build(tool: GoTool, progress: Progress, missing: list[str]) -> dict[str, float]:
     spent: dict[str, float] = {}
-    missing = [m for m in tool.missing() if not only or m in only]
     if not missing:
         return spent
     if shutil.which("go", path=_go_env()["PATH"]) is None:

@@ -49,6 +49,9 @@ oom_score = 0
   restrict_oom_score_adj = true
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
+  # Pods' network namespaces under our state dir, not the host's /var/run/netns: `down`
+  # removes them with it, even those of a sandbox a crash cut short (no container names it).
+  netns_mounts_under_state_dir = true
 
 [{cri}.containerd]
   snapshotter = "overlayfs"
