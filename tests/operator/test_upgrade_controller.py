@@ -7,14 +7,18 @@ version back recovers it; deleting the policy gives back the node and its labels
 
 No controller manager or kubelet runs here, so `Cluster.settle()` plays them: it records the
 driver DaemonSet's ControllerRevision (as the DaemonSet controller does), starts a driver
-pod of the current revision on each node without one, reports it Ready (or crash-looping
-for a version marked bad) and finishes pods that were deleted or evicted (as the kubelet
-does)."""
+pod of the current revision on each node without one, reports it Ready (or, for a faulty
+emulated release, crashed with the exit status and log tail of a real xpud of that version)
+and finishes pods that were deleted or evicted (as the kubelet does)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +32,6 @@ from openxpu_operator.upgrade.executor import REVISION_LABEL
 from openxpu_operator.upgrade.machine import (
     FAILURE,
     IN_PROGRESS,
-    MAX_DRIVER_RESTARTS,
     STATE_LABEL,
     State,
 )
@@ -39,8 +42,32 @@ NODES = ("upg-a", "upg-b", "upg-c")
 TEAM = "team"
 DS = f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets"
 REVISIONS = f"/apis/apps/v1/namespaces/{NAMESPACE}/controllerrevisions"
-BAD_VERSION = "0.3.0"
+BAD_VERSION = "0.3.0-faulty"
 IN_PROGRESS_NAMES = {s.value for s in IN_PROGRESS}
+
+
+@functools.cache
+def faulty_driver_exit() -> tuple[int, str]:
+    """What the kubelet reports of a driver container of BAD_VERSION: the exit status of a
+    real xpud of that version and its log (FallbackToLogsOnError), installer line first."""
+    with tempfile.TemporaryDirectory(prefix="xpu-", dir="/tmp") as root:
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "openxpu_runtime.daemon.main",
+                "--root",
+                root,
+                "--driver-version",
+                BAD_VERSION,
+                "--device-nodes=none",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    installer = f"xpu-driver: {BAD_VERSION} installed; running xpud in the foreground\n"
+    return ran.returncode, installer + ran.stderr
 
 
 class Cluster:
@@ -107,26 +134,29 @@ class Cluster:
         namespace: str,
         body: dict[str, Any],
         *,
-        ready: bool = True,
-        restarts: int = 0,
+        crashed: tuple[int, str] | None = None,
     ) -> None:
         r = self.http.post(f"/api/v1/namespaces/{namespace}/pods", json=body)
         assert r.status_code == 201, r.text
         name = body["metadata"]["name"]
         container = body["spec"]["containers"][0]
+        ready = crashed is None
+        container_status: dict[str, Any] = {
+            "name": container["name"],
+            "image": container["image"],
+            "imageID": "",
+            "ready": ready,
+            "restartCount": 0 if ready else 1,
+            "state": {"running": {}} if ready else {"waiting": {"reason": "CrashLoopBackOff"}},
+        }
+        if crashed is not None:
+            code, log = crashed
+            ended = {"exitCode": code, "reason": "Error", "message": log}
+            container_status["lastState"] = {"terminated": ended}
         status = {
             "phase": "Running",
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container["image"],
-                    "imageID": "",
-                    "ready": ready,
-                    "restartCount": restarts,
-                    "state": {"running": {}} if ready else {"waiting": {"reason": "Error"}},
-                }
-            ],
+            "containerStatuses": [container_status],
         }
         r = self.http.patch(
             f"/api/v1/namespaces/{namespace}/pods/{name}/status",
@@ -178,8 +208,8 @@ class Cluster:
                 },
                 "spec": spec,
             }
-            bad = version == BAD_VERSION
-            self.pod(NAMESPACE, body, ready=not bad, restarts=MAX_DRIVER_RESTARTS + 1 if bad else 0)
+            crashed = faulty_driver_exit() if version == BAD_VERSION else None
+            self.pod(NAMESPACE, body, crashed=crashed)
 
     def workload(self, node: str) -> str:
         """An XPU pod of a ReplicaSet on `node` (the owner need not exist: no GC here)."""
@@ -305,7 +335,8 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
         assert _upgrade(env)["nodes"] == []
         assert env.condition("upg", "UpgradeInProgress")["status"] == "False"
 
-        # A driver that crash-loops: the first node fails, the rollout takes no other.
+        # A driver that fails its self-test: the first node fails at its first exit, with
+        # xpud's words; the rollout takes no other.
         _set_version(env, BAD_VERSION)
         failed = _roll(
             env,
@@ -320,9 +351,12 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
             lambda: (c := env.condition("upg", "UpgradeFailed")).get("status") == "True" and c,
         )
         assert condition["reason"] == "NodeUpgradeFailed" and bad in condition["message"]
-        assert f"restarted {MAX_DRIVER_RESTARTS + 1} times" in condition["message"]
+        said = f"failed its start-up self-test (exit 3): xpud: driver {BAD_VERSION} failed"
+        assert said in condition["message"], condition
         node = env.get(f"/api/v1/nodes/{bad}")
-        assert "restarted" in node["metadata"]["annotations"][FAILURE]
+        assert said in node["metadata"]["annotations"][FAILURE]
+        (reported,) = [n for n in _upgrade(env)["nodes"] if n["state"] == "upgrade-failed"]
+        assert reported["name"] == bad and said in reported["reason"]
         # The passes after the failure hold the rollout: no other node starts.
         held = wait_until("the rollout held", lambda: _upgrade(env).get("held"))
         assert bad in held

@@ -106,9 +106,27 @@ def runs(template: Mapping[str, Any]) -> str:
     return json.dumps(shape, sort_keys=True)
 
 
+# How much of a driver's last words a failure reason keeps (node annotation, status).
+LAST_WORDS_CHARS = 400
+
+
+def _last_exit(statuses: Iterable[Mapping[str, Any]]) -> tuple[int | None, str]:
+    """The exit code and the last line of the termination message of the latest run that
+    ended: the current state if the container is down, else the run before."""
+    for status in statuses:
+        ended = (status.get("state") or {}).get("terminated") or (
+            status.get("lastState") or {}
+        ).get("terminated")
+        if ended:
+            lines = (ended.get("message") or "").strip().splitlines()
+            return ended.get("exitCode"), lines[-1].strip()[:LAST_WORDS_CHARS] if lines else ""
+    return None, ""
+
+
 def driver_pod_view(pod: Mapping[str, Any]) -> DriverPodView:
     meta, status = pod["metadata"], pod.get("status") or {}
     statuses = status.get("containerStatuses") or []
+    last_exit, last_words = _last_exit(statuses)
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     return DriverPodView(
         namespace=meta["namespace"],
@@ -118,6 +136,8 @@ def driver_pod_view(pod: Mapping[str, Any]) -> DriverPodView:
         restarts=max((s.get("restartCount", 0) for s in statuses), default=0),
         terminating=bool(meta.get("deletionTimestamp")),
         runs=runs(pod),
+        last_exit=last_exit,
+        last_words=last_words,
     )
 
 
