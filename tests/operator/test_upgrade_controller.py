@@ -24,9 +24,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import needs_etcd
-from operator_process import NAMESPACE, POLICIES, Env, environment, operator, wait_until
+from operator_process import (
+    NAMESPACE,
+    POLICIES,
+    Env,
+    Operator,
+    environment,
+    operator,
+    wait_until,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from openxpu_operator.upgrade.executor import REVISION_LABEL
 from openxpu_operator.upgrade.machine import (
@@ -253,6 +263,30 @@ def _counts(env: Env) -> dict[str, int] | None:
     return None if counts is None else {k: v for k, v in counts.items() if v}
 
 
+UPGRADE_GAUGES = ("pending", "in_progress", "done", "failed")
+
+
+def _upgrade_metrics(op: Operator) -> dict[str, float]:
+    """The operator's driver upgrade gauges as /metrics serves them: the node counts by
+    `pending`/`in_progress`/`done`/`failed`, `auto` and each `state=...`."""
+    text = httpx.get(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5).text
+    got = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "openxpu_operator_driver_upgrade_nodes":
+                got[f"state={sample.labels['state']}"] = sample.value
+            elif sample.name == "openxpu_operator_driver_auto_upgrade_enabled":
+                got["auto"] = sample.value
+            elif sample.name.startswith("openxpu_operator_driver_upgrades_"):
+                got[sample.name.removeprefix("openxpu_operator_driver_upgrades_")] = sample.value
+    return got
+
+
+def _gauges(op: Operator, **want: float) -> bool:
+    got = _upgrade_metrics(op)
+    return all(got.get(k) == v for k, v in want.items())
+
+
 def _set_version(env: Env, version: str) -> None:
     r = env.http.patch(
         f"{POLICIES}/upg",
@@ -295,21 +329,29 @@ def env() -> Iterator[Env]:
 def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path) -> None:
     cluster = Cluster(env)
     spec = {"driver": {"upgradePolicy": {"maxParallelUpgrades": 1, "maxUnavailable": 1}}}
-    with operator(env, tmp_path):
+    with operator(env, tmp_path) as op:
         env.create_policy("upg", spec)
         wait_until("the driver DaemonSet", cluster.driver_ds)
         _roll(env, cluster, lambda s: _counts(env) == {}, "a first pass")
         progress = env.condition("upg", "UpgradeInProgress")
         assert (progress["status"], progress["reason"]) == ("False", "DriverUpToDate")
         assert set(_states(env).values()) == {""}
+        # No node labelled yet: every upgrade gauge is there, at 0; autoUpgrade on.
+        gauges = wait_until(
+            "the upgrade gauges", lambda: (g := _upgrade_metrics(op)).get("auto") == 1 and g
+        )
+        assert {k: gauges[k] for k in UPGRADE_GAUGES} == dict.fromkeys(UPGRADE_GAUGES, 0)
         workloads = {node: cluster.workload(node) for node in NODES}
 
         _set_version(env, "0.2.0")
         reasons: set[tuple[str, str]] = set()
 
+        in_progress: set[float] = set()
+
         def done(states: dict[str, str]) -> bool:
             if (c := env.condition("upg", "UpgradeInProgress")).get("status") == "True":
                 reasons.add((c["reason"], c["message"]))
+            in_progress.add(_upgrade_metrics(op)["in_progress"])
             return set(states.values()) == {State.UPGRADE_DONE.value}
 
         seen = _roll(env, cluster, done, "every node upgrade-done")
@@ -334,6 +376,8 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
         )
         assert _upgrade(env)["nodes"] == []
         assert env.condition("upg", "UpgradeInProgress")["status"] == "False"
+        assert 1 in in_progress and in_progress <= {0, 1}, in_progress
+        wait_until("the gauges: three done", lambda: _gauges(op, done=3, in_progress=0))
 
         # A driver that fails its self-test: the first node fails at its first exit, with
         # xpud's words; the rollout takes no other.
@@ -362,6 +406,11 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
         assert bad in held
         cluster.settle()
         assert {_states(env)[n] for n in others} == {State.UPGRADE_REQUIRED.value}
+        wait_until(
+            "the gauges: one failed, two pending",
+            lambda: _gauges(op, failed=1, pending=2, in_progress=0, done=0),
+        )
+        assert _upgrade_metrics(op)["state=upgrade-failed"] == 1
         progress = env.condition("upg", "UpgradeInProgress")
         assert (progress["status"], progress["reason"]) == ("True", "RolloutHeld")
 
@@ -377,6 +426,7 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
             "UpgradeFailed=False",
             lambda: env.condition("upg", "UpgradeFailed").get("status") == "False",
         )
+        wait_until("the gauges: three done again", lambda: _gauges(op, done=3, failed=0))
 
         # Deleted mid-upgrade (a node failed and cordoned by us): the uninstall gives the
         # node back and removes the upgrade's label and annotations.
@@ -391,3 +441,7 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
             notes = node["metadata"].get("annotations") or {}
             assert not [k for k in notes if k.startswith("openxpu.io/driver-upgrade")], notes
             assert not node["spec"].get("unschedulable"), name
+        gauges = _upgrade_metrics(op)
+        assert {k: gauges[k] for k in (*UPGRADE_GAUGES, "auto")} == dict.fromkeys(
+            (*UPGRADE_GAUGES, "auto"), 0
+        ), "the policy gone, no upgrade is left to count"

@@ -20,10 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import Gauge
-
 from openxpu_operator.kube import NODES, ApiError, Kube
-from openxpu_operator.metrics import REGISTRY
 from openxpu_operator.nodes import PRESENT_LABEL
 from openxpu_operator.policy import UpgradePolicySpec
 from openxpu_operator.upgrade.machine import (
@@ -40,12 +37,6 @@ from openxpu_operator.upgrade.machine import (
 from openxpu_operator.upgrade.planner import plan
 
 JSON = dict[str, Any]
-NODES_BY_STATE = Gauge(
-    "openxpu_operator_driver_upgrade_nodes",
-    "XPU nodes per driver upgrade state (in progress, done, failed, ...).",
-    ["state"],
-    registry=REGISTRY,
-)
 REVISION_LABEL = "controller-revision-hash"
 # Events about the cluster-scoped policy go where the controller puts its own.
 EVENTS_NAMESPACE = "default"
@@ -309,7 +300,6 @@ async def reconcile_upgrades(
         for obj in xpu_nodes:
             state = (obj["metadata"].get("labels") or {}).get(STATE_LABEL, "")
             quiet.nodes[obj["metadata"]["name"]] = NodeReport(state, "the driver is up to date")
-        _publish(quiet)
         return quiet
     views = observe(
         xpu_nodes,
@@ -333,11 +323,4 @@ async def reconcile_upgrades(
         elif STUCK_REPORTED in step.annotate:
             message = f"node {node.name} in {node.state} for long: {step.reason}"
             await kube.event(events_on, EVENTS_NAMESPACE, "Warning", "DriverUpgradeSlow", message)
-    _publish(status)
     return status
-
-
-def _publish(status: UpgradeStatus) -> None:
-    counts = status.counts()
-    for state in State:
-        NODES_BY_STATE.labels(state.value).set(counts.get(state.value, 0))
