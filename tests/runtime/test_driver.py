@@ -215,8 +215,18 @@ def test_a_faulty_release_installs_refuses_to_start_and_leaves_the_device_state(
         xpu_driver(short_root, "uninstall")
 
 
-@pytest.mark.parametrize(
-    "version", ["0.3.0", "0.3.0-rc.1", "0.3.0+faulty", "faulty", "0.3.0-faultyx"]
+FAULTY = ("0.3.0-faulty", "1.0.0-rc.1.faulty", "2.0.0-faulty-7", "0.3.0-faulty+build.5")
+NOT_FAULTY = (
+    "0.3.0",
+    "0.3.0-rc.1",
+    "0.3.0+faulty",
+    "0.3.0+b-faulty",
+    "",
+    "faulty",
+    "0.3.0-faultyx",
 )
+
+
+@pytest.mark.parametrize("version", FAULTY + NOT_FAULTY)
 def test_only_a_faulty_pre_release_tag_fails_the_self_test(version: str) -> None:
-    assert not is_faulty_release(version)
+    assert is_faulty_release(version) is (version in FAULTY)

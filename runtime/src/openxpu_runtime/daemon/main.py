@@ -58,10 +58,8 @@ class SelfTestFailed(StartupError):
 
 
 def is_faulty_release(version: str | None) -> bool:
-    if not version or "-" not in version:
-        return False
-    pre_release = version.split("+", 1)[0].split("-", 1)[1]
-    return FAULTY_RELEASE in re.split(r"[.-]", pre_release)
+    _, dash, pre_release = (version or "").split("+", 1)[0].partition("-")
+    return bool(dash) and FAULTY_RELEASE in re.split(r"[.-]", pre_release)
 
 
 def self_test(driver_version: str | None) -> None:
