@@ -7,28 +7,41 @@ version back recovers it; deleting the policy gives back the node and its labels
 
 No controller manager or kubelet runs here, so `Cluster.settle()` plays them: it records the
 driver DaemonSet's ControllerRevision (as the DaemonSet controller does), starts a driver
-pod of the current revision on each node without one, reports it Ready (or crash-looping
-for a version marked bad) and finishes pods that were deleted or evicted (as the kubelet
-does)."""
+pod of the current revision on each node without one, reports it Ready (or, for a faulty
+emulated release, crashed with the exit status and log tail of a real xpud of that version)
+and finishes pods that were deleted or evicted (as the kubelet does)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import needs_etcd
-from operator_process import NAMESPACE, POLICIES, Env, environment, operator, wait_until
+from operator_process import (
+    NAMESPACE,
+    POLICIES,
+    Env,
+    Operator,
+    environment,
+    operator,
+    wait_until,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from openxpu_operator.upgrade.executor import REVISION_LABEL
 from openxpu_operator.upgrade.machine import (
     FAILURE,
     IN_PROGRESS,
-    MAX_DRIVER_RESTARTS,
     STATE_LABEL,
     State,
 )
@@ -39,8 +52,32 @@ NODES = ("upg-a", "upg-b", "upg-c")
 TEAM = "team"
 DS = f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets"
 REVISIONS = f"/apis/apps/v1/namespaces/{NAMESPACE}/controllerrevisions"
-BAD_VERSION = "0.3.0"
+BAD_VERSION = "0.3.0-faulty"
 IN_PROGRESS_NAMES = {s.value for s in IN_PROGRESS}
+
+
+@functools.cache
+def faulty_driver_exit() -> tuple[int, str]:
+    """What the kubelet reports of a driver container of BAD_VERSION: the exit status of a
+    real xpud of that version and its log (FallbackToLogsOnError), installer line first."""
+    with tempfile.TemporaryDirectory(prefix="xpu-", dir="/tmp") as root:
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "openxpu_runtime.daemon.main",
+                "--root",
+                root,
+                "--driver-version",
+                BAD_VERSION,
+                "--device-nodes=none",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    installer = f"xpu-driver: {BAD_VERSION} installed; running xpud in the foreground\n"
+    return ran.returncode, installer + ran.stderr
 
 
 class Cluster:
@@ -107,26 +144,29 @@ class Cluster:
         namespace: str,
         body: dict[str, Any],
         *,
-        ready: bool = True,
-        restarts: int = 0,
+        crashed: tuple[int, str] | None = None,
     ) -> None:
         r = self.http.post(f"/api/v1/namespaces/{namespace}/pods", json=body)
         assert r.status_code == 201, r.text
         name = body["metadata"]["name"]
         container = body["spec"]["containers"][0]
+        ready = crashed is None
+        container_status: dict[str, Any] = {
+            "name": container["name"],
+            "image": container["image"],
+            "imageID": "",
+            "ready": ready,
+            "restartCount": 0 if ready else 1,
+            "state": {"running": {}} if ready else {"waiting": {"reason": "CrashLoopBackOff"}},
+        }
+        if crashed is not None:
+            code, log = crashed
+            ended = {"exitCode": code, "reason": "Error", "message": log}
+            container_status["lastState"] = {"terminated": ended}
         status = {
             "phase": "Running",
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container["image"],
-                    "imageID": "",
-                    "ready": ready,
-                    "restartCount": restarts,
-                    "state": {"running": {}} if ready else {"waiting": {"reason": "Error"}},
-                }
-            ],
+            "containerStatuses": [container_status],
         }
         r = self.http.patch(
             f"/api/v1/namespaces/{namespace}/pods/{name}/status",
@@ -178,8 +218,8 @@ class Cluster:
                 },
                 "spec": spec,
             }
-            bad = version == BAD_VERSION
-            self.pod(NAMESPACE, body, ready=not bad, restarts=MAX_DRIVER_RESTARTS + 1 if bad else 0)
+            crashed = faulty_driver_exit() if version == BAD_VERSION else None
+            self.pod(NAMESPACE, body, crashed=crashed)
 
     def workload(self, node: str) -> str:
         """An XPU pod of a ReplicaSet on `node` (the owner need not exist: no GC here)."""
@@ -221,6 +261,30 @@ def _counts(env: Env) -> dict[str, int] | None:
     """status.upgrade.counts without the zeros; None before the first pass wrote it."""
     counts = _upgrade(env).get("counts")
     return None if counts is None else {k: v for k, v in counts.items() if v}
+
+
+UPGRADE_GAUGES = ("pending", "in_progress", "done", "failed")
+
+
+def _upgrade_metrics(op: Operator) -> dict[str, float]:
+    """The operator's driver upgrade gauges as /metrics serves them: the node counts by
+    `pending`/`in_progress`/`done`/`failed`, `auto` and each `state=...`."""
+    text = httpx.get(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5).text
+    got = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "openxpu_operator_driver_upgrade_nodes":
+                got[f"state={sample.labels['state']}"] = sample.value
+            elif sample.name == "openxpu_operator_driver_auto_upgrade_enabled":
+                got["auto"] = sample.value
+            elif sample.name.startswith("openxpu_operator_driver_upgrades_"):
+                got[sample.name.removeprefix("openxpu_operator_driver_upgrades_")] = sample.value
+    return got
+
+
+def _gauges(op: Operator, **want: float) -> bool:
+    got = _upgrade_metrics(op)
+    return all(got.get(k) == v for k, v in want.items())
 
 
 def _set_version(env: Env, version: str) -> None:
@@ -265,21 +329,29 @@ def env() -> Iterator[Env]:
 def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path) -> None:
     cluster = Cluster(env)
     spec = {"driver": {"upgradePolicy": {"maxParallelUpgrades": 1, "maxUnavailable": 1}}}
-    with operator(env, tmp_path):
+    with operator(env, tmp_path) as op:
         env.create_policy("upg", spec)
         wait_until("the driver DaemonSet", cluster.driver_ds)
         _roll(env, cluster, lambda s: _counts(env) == {}, "a first pass")
         progress = env.condition("upg", "UpgradeInProgress")
         assert (progress["status"], progress["reason"]) == ("False", "DriverUpToDate")
         assert set(_states(env).values()) == {""}
+        # No node labelled yet: every upgrade gauge is there, at 0; autoUpgrade on.
+        gauges = wait_until(
+            "the upgrade gauges", lambda: (g := _upgrade_metrics(op)).get("auto") == 1 and g
+        )
+        assert {k: gauges[k] for k in UPGRADE_GAUGES} == dict.fromkeys(UPGRADE_GAUGES, 0)
         workloads = {node: cluster.workload(node) for node in NODES}
 
         _set_version(env, "0.2.0")
         reasons: set[tuple[str, str]] = set()
 
+        in_progress: set[float] = set()
+
         def done(states: dict[str, str]) -> bool:
             if (c := env.condition("upg", "UpgradeInProgress")).get("status") == "True":
                 reasons.add((c["reason"], c["message"]))
+            in_progress.add(_upgrade_metrics(op)["in_progress"])
             return set(states.values()) == {State.UPGRADE_DONE.value}
 
         seen = _roll(env, cluster, done, "every node upgrade-done")
@@ -304,8 +376,11 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
         )
         assert _upgrade(env)["nodes"] == []
         assert env.condition("upg", "UpgradeInProgress")["status"] == "False"
+        assert 1 in in_progress and in_progress <= {0, 1}, in_progress
+        wait_until("the gauges: three done", lambda: _gauges(op, done=3, in_progress=0))
 
-        # A driver that crash-loops: the first node fails, the rollout takes no other.
+        # A driver that fails its self-test: the first node fails at its first exit, with
+        # xpud's words; the rollout takes no other.
         _set_version(env, BAD_VERSION)
         failed = _roll(
             env,
@@ -320,14 +395,22 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
             lambda: (c := env.condition("upg", "UpgradeFailed")).get("status") == "True" and c,
         )
         assert condition["reason"] == "NodeUpgradeFailed" and bad in condition["message"]
-        assert f"restarted {MAX_DRIVER_RESTARTS + 1} times" in condition["message"]
+        said = f"failed its start-up self-test (exit 3): xpud: driver {BAD_VERSION} failed"
+        assert said in condition["message"], condition
         node = env.get(f"/api/v1/nodes/{bad}")
-        assert "restarted" in node["metadata"]["annotations"][FAILURE]
+        assert said in node["metadata"]["annotations"][FAILURE]
+        (reported,) = [n for n in _upgrade(env)["nodes"] if n["state"] == "upgrade-failed"]
+        assert reported["name"] == bad and said in reported["reason"]
         # The passes after the failure hold the rollout: no other node starts.
         held = wait_until("the rollout held", lambda: _upgrade(env).get("held"))
         assert bad in held
         cluster.settle()
         assert {_states(env)[n] for n in others} == {State.UPGRADE_REQUIRED.value}
+        wait_until(
+            "the gauges: one failed, two pending",
+            lambda: _gauges(op, failed=1, pending=2, in_progress=0, done=0),
+        )
+        assert _upgrade_metrics(op)["state=upgrade-failed"] == 1
         progress = env.condition("upg", "UpgradeInProgress")
         assert (progress["status"], progress["reason"]) == ("True", "RolloutHeld")
 
@@ -343,6 +426,7 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
             "UpgradeFailed=False",
             lambda: env.condition("upg", "UpgradeFailed").get("status") == "False",
         )
+        wait_until("the gauges: three done again", lambda: _gauges(op, done=3, failed=0))
 
         # Deleted mid-upgrade (a node failed and cordoned by us): the uninstall gives the
         # node back and removes the upgrade's label and annotations.
@@ -357,3 +441,7 @@ def test_a_version_change_walks_the_nodes_one_at_a_time(env: Env, tmp_path: Path
             notes = node["metadata"].get("annotations") or {}
             assert not [k for k in notes if k.startswith("openxpu.io/driver-upgrade")], notes
             assert not node["spec"].get("unschedulable"), name
+        gauges = _upgrade_metrics(op)
+        assert {k: gauges[k] for k in (*UPGRADE_GAUGES, "auto")} == dict.fromkeys(
+            (*UPGRADE_GAUGES, "auto"), 0
+        ), "the policy gone, no upgrade is left to count"

@@ -26,6 +26,7 @@ from openxpu_operator.upgrade.machine import (
     stamp,
     transition,
 )
+from openxpu_runtime.errors import SELF_TEST_FAILED_EXIT
 
 pytestmark = pytest.mark.unit
 
@@ -302,6 +303,37 @@ def test_a_driver_restarting_too_often_fails_the_node(state: State) -> None:
     crashing = driver(NEW, restarts=MAX_DRIVER_RESTARTS + 1)
     step = transition(node(state, driver_pod=crashing), policy(), NOW)
     assert step.state is S.UPGRADE_FAILED and "restarted 6 times" in step.reason
+
+
+SELF_TEST = "xpud: driver 0.3.0-faulty failed its start-up self-test: ..."
+
+
+@pytest.mark.parametrize("state", [S.POD_RESTART_REQUIRED, S.VALIDATION_REQUIRED])
+def test_a_driver_that_fails_its_self_test_fails_the_node_at_once_with_its_words(
+    state: State,
+) -> None:
+    # One exit 3 is enough: the build fails its self-test on every start, and the crash
+    # loop's back-off would take ~10 minutes to reach the restart limit.
+    bad = driver(NEW, restarts=1, last_exit=SELF_TEST_FAILED_EXIT, last_words=SELF_TEST)
+    step = transition(node(state, driver_pod=bad), policy(), NOW)
+    assert step.state is S.UPGRADE_FAILED
+    assert (
+        step.reason
+        == f"driver pod openxpu/driver-a failed its start-up self-test (exit 3): {SELF_TEST}"
+    )
+    assert step.annotate[FAILURE] == step.reason and step.annotate[FAILED_REVISION] == NEW
+
+
+def test_another_crash_waits_for_the_restart_limit_and_names_the_last_exit() -> None:
+    # e.g. the old xpud still holds the state lock for a moment: a restart may cure it.
+    words = "xpud: another xpud (pid 7) holds /var/lib/openxpu/xpud.lock; stop it first"
+    crashing = driver(NEW, restarts=1, last_exit=2, last_words=words)
+    step = transition(node(S.VALIDATION_REQUIRED, driver_pod=crashing), policy(), NOW)
+    assert step.state is S.VALIDATION_REQUIRED
+    limit = replace(crashing, restarts=MAX_DRIVER_RESTARTS + 1)
+    step = transition(node(S.VALIDATION_REQUIRED, driver_pod=limit), policy(), NOW)
+    assert step.state is S.UPGRADE_FAILED
+    assert step.reason.endswith(f"restarted 6 times; last exit 2: {words}")
 
 
 def test_uncordon_gives_back_a_node_we_cordoned() -> None:

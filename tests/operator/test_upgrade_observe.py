@@ -109,3 +109,31 @@ def test_a_node_without_a_driver_pod_takes_its_daemonset_from_the_node_selector(
     assert not view.driver_current
     (elsewhere,) = observe([{"metadata": {"name": "b"}}], [DS], [revision(2, "new")], [])
     assert elsewhere.desired_revision is None and elsewhere.driver_current
+
+
+def test_a_driver_pods_last_exit_and_the_last_line_of_its_log_tail() -> None:
+    pod = driver_pod("a")
+    tail = "xpu-driver: 0.3.0-faulty installed; running xpud in the foreground\nxpud: failed\n"
+    crashed = {"exitCode": 3, "reason": "Error", "message": tail}
+    pod["status"] = {
+        "containerStatuses": [
+            {
+                "name": "driver",
+                "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": crashed},
+            }
+        ]
+    }
+    (view,) = observe([NODE], [DS], [revision(1, "a")], [pod])
+    assert view.driver_pod is not None
+    assert (view.driver_pod.last_exit, view.driver_pod.last_words) == (3, "xpud: failed")
+    # Down right now: the current state's exit is the latest.
+    status = pod["status"]["containerStatuses"][0]
+    status["state"] = {"terminated": {"exitCode": 2, "message": "xpud: lock held"}}
+    (view,) = observe([NODE], [DS], [revision(1, "a")], [pod])
+    assert view.driver_pod is not None
+    assert (view.driver_pod.last_exit, view.driver_pod.last_words) == (2, "xpud: lock held")
+    (view,) = observe([NODE], [DS], [revision(1, "a")], [driver_pod("a")])
+    assert view.driver_pod is not None
+    assert (view.driver_pod.last_exit, view.driver_pod.last_words) == (None, "")

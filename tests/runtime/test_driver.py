@@ -12,11 +12,14 @@ import pytest
 
 from openxpu_runtime import api
 from openxpu_runtime.client import XpudClient
+from openxpu_runtime.daemon.main import is_faulty_release
 from openxpu_runtime.driver import Driver
 from openxpu_runtime.errors import OutOfMemory
 from openxpu_runtime.testing import XpudProcess
 
 pytestmark = pytest.mark.integration
+
+XPUD = (sys.executable, "-m", "openxpu_runtime.daemon.main")
 
 
 def xpu_driver(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -138,3 +141,92 @@ def test_a_scope_and_its_context_survive_a_driver_upgrade(short_root: Path) -> N
                 workload.allocate(ctx.id, "0", (1 << 29) + 1)
     finally:
         xpu_driver(short_root, "uninstall")
+
+
+def _device_state(c: XpudClient) -> list[tuple[str, float, int, int, dict[str, int], list[int]]]:
+    return [
+        (
+            d.health,
+            d.energy_joules,
+            d.ecc_corrected_total,
+            d.ecc_uncorrected_total,
+            d.errors_total,
+            [f.code for f in d.active_faults],
+        )
+        for d in c.telemetry().devices
+    ]
+
+
+@pytest.mark.parametrize("faulty", ["0.3.0-faulty", "1.0.0-rc.1.faulty"])
+def test_a_faulty_release_installs_refuses_to_start_and_leaves_the_device_state(
+    short_root: Path, faulty: str
+) -> None:
+    """Rehearsing a bad driver upgrade: a version whose pre-release tag is `faulty` installs,
+    its xpud fails the start-up self-test with one line and exit 3, the saved device state
+    is left byte for byte, and the next good version resumes from it."""
+    driver = Driver(short_root)
+    manual = "--xpud-arg=--clock=manual"
+    try:
+        assert install(short_root, "0.2.0", manual).returncode == 0
+        with XpudProcess(short_root).client() as c:
+            c.inject_fault(api.FaultRequest(device="0", code=48))  # sticky, ECC uncorrected
+            c.inject_fault(api.FaultRequest(device="1", code=63))  # ECC corrected
+            c.advance_clock(300)  # energy integrates idle power
+            before = _device_state(c)
+        assert before[0][0] == "Unhealthy" and before[0][3] == 1 and before[1][2] == 1
+        driver.stop_xpud()  # xpud saves its state on the way out: the state to keep
+        saved = {p.name: p.read_bytes() for p in driver.paths.state_dir.glob("state.json*")}
+        assert saved
+
+        refused = install(short_root, faulty, manual)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+        assert f"xpud: driver {faulty} failed its start-up self-test" in refused.stderr
+        assert "emulated faulty release" in refused.stderr
+        assert driver.running_pid() is None
+        assert (short_root / f"opt/openxpu/driver/{faulty}/lib/openxpu_runtime").is_dir()
+        # xpud run by hand (as the driver container runs it) says the same, exit 3.
+        direct = subprocess.run(
+            [
+                *XPUD,
+                "--root",
+                str(short_root),
+                "--profile",
+                "x1-2",
+                "--device-nodes=file",
+                "--driver-version",
+                faulty,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert direct.returncode == 3 and direct.stderr.startswith(f"xpud: driver {faulty} ")
+        after = {p.name: p.read_bytes() for p in driver.paths.state_dir.glob("state.json*")}
+        assert after == saved, "the faulty driver touched the device state"
+
+        recovered = install(short_root, "0.2.1", manual)
+        assert recovered.returncode == 0, recovered.stderr
+        assert f"upgrading {faulty} -> 0.2.1" in recovered.stdout
+        with XpudProcess(short_root).client() as c:
+            assert c.version().driver_version == "0.2.1"
+            assert _device_state(c) == before
+    finally:
+        xpu_driver(short_root, "uninstall")
+
+
+FAULTY = ("0.3.0-faulty", "1.0.0-rc.1.faulty", "2.0.0-faulty-7", "0.3.0-faulty+build.5")
+NOT_FAULTY = (
+    "0.3.0",
+    "0.3.0-rc.1",
+    "0.3.0+faulty",
+    "0.3.0+b-faulty",
+    "",
+    "faulty",
+    "0.3.0-faultyx",
+)
+
+
+@pytest.mark.parametrize("version", FAULTY + NOT_FAULTY)
+def test_only_a_faulty_pre_release_tag_fails_the_self_test(version: str) -> None:
+    assert is_faulty_release(version) is (version in FAULTY)

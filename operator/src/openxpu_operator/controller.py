@@ -155,6 +155,11 @@ class Controller:
         status = await with_upgrade(
             self.kube, policy, self.settings.namespace, result.status, active, now()
         )
+        metrics.set_driver_upgrades(
+            status.upgrade.counts if status.upgrade else {},
+            auto_upgrade=policy.spec.driver.enabled
+            and policy.spec.driver.upgrade_policy.auto_upgrade,
+        )
         await self._write(active, status)
 
     @staticmethod
@@ -223,4 +228,5 @@ class Controller:
                 progress = Progress(True, progress.waiting_for, progress.unclean_nodes)
             if progress.done:
                 metrics.forget_policy(name)
+                metrics.set_driver_upgrades({}, auto_upgrade=False)
             return progress

@@ -31,7 +31,7 @@ from typing import NotRequired, TypedDict
 import openxpu_runtime
 from openxpu_runtime.client import wait_until_answering
 from openxpu_runtime.daemon import devnodes
-from openxpu_runtime.errors import CommandLineParser, Unreachable
+from openxpu_runtime.errors import SELF_TEST_FAILED_EXIT, CommandLineParser, Unreachable
 from openxpu_runtime.paths import HostPaths
 from openxpu_runtime.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 
@@ -61,7 +61,9 @@ NVML_LIBRARY_ENV = "XPU_NVML_LIBRARY"
 
 
 class DriverError(Exception):
-    pass
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def check_version(version: str) -> str:
@@ -306,7 +308,9 @@ class Driver:
             wait_until_answering(self.paths.socket, proc.poll, START_TIMEOUT_SECONDS)
         except Unreachable as exc:
             said = self.xpud_said(log_offset) or str(exc)
-            raise DriverError(f"xpud did not start: {said} (log: {self.logfile})") from None
+            # A failed self-test keeps its own exit status: retrying this version is futile.
+            code = SELF_TEST_FAILED_EXIT if proc.poll() == SELF_TEST_FAILED_EXIT else 2
+            raise DriverError(f"xpud did not start: {said} (log: {self.logfile})", code) from None
         print(
             f"xpu-driver: {version} installed, {spec.count} x {spec.product}, xpud pid {proc.pid}"
         )
@@ -388,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         return driver.status()
     except (DriverError, ProfileError, OSError) as exc:
         print(f"xpu-driver: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code if isinstance(exc, DriverError) else 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ import argparse
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
+# xpud's exit status when its start-up self-test fails. A driver build that fails its
+# self-test fails it again on every restart, so whoever runs xpud (the operator's driver
+# upgrade) may give up at the first such exit instead of waiting out a crash loop.
+SELF_TEST_FAILED_EXIT = 3
+
 
 class XpuError(Exception):
     code = "xpu_error"

@@ -20,10 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import Gauge
-
 from openxpu_operator.kube import NODES, ApiError, Kube
-from openxpu_operator.metrics import REGISTRY
 from openxpu_operator.nodes import PRESENT_LABEL
 from openxpu_operator.policy import UpgradePolicySpec
 from openxpu_operator.upgrade.machine import (
@@ -40,12 +37,6 @@ from openxpu_operator.upgrade.machine import (
 from openxpu_operator.upgrade.planner import plan
 
 JSON = dict[str, Any]
-NODES_BY_STATE = Gauge(
-    "openxpu_operator_driver_upgrade_nodes",
-    "XPU nodes per driver upgrade state (in progress, done, failed, ...).",
-    ["state"],
-    registry=REGISTRY,
-)
 REVISION_LABEL = "controller-revision-hash"
 # Events about the cluster-scoped policy go where the controller puts its own.
 EVENTS_NAMESPACE = "default"
@@ -106,9 +97,27 @@ def runs(template: Mapping[str, Any]) -> str:
     return json.dumps(shape, sort_keys=True)
 
 
+# How much of a driver's last words a failure reason keeps (node annotation, status).
+LAST_WORDS_CHARS = 400
+
+
+def _last_exit(statuses: Iterable[Mapping[str, Any]]) -> tuple[int | None, str]:
+    """The exit code and the last line of the termination message of the latest run that
+    ended: the current state if the container is down, else the run before."""
+    for status in statuses:
+        ended = (status.get("state") or {}).get("terminated") or (
+            status.get("lastState") or {}
+        ).get("terminated")
+        if ended:
+            lines = (ended.get("message") or "").strip().splitlines()
+            return ended.get("exitCode"), lines[-1].strip()[:LAST_WORDS_CHARS] if lines else ""
+    return None, ""
+
+
 def driver_pod_view(pod: Mapping[str, Any]) -> DriverPodView:
     meta, status = pod["metadata"], pod.get("status") or {}
     statuses = status.get("containerStatuses") or []
+    last_exit, last_words = _last_exit(statuses)
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     return DriverPodView(
         namespace=meta["namespace"],
@@ -118,6 +127,8 @@ def driver_pod_view(pod: Mapping[str, Any]) -> DriverPodView:
         restarts=max((s.get("restartCount", 0) for s in statuses), default=0),
         terminating=bool(meta.get("deletionTimestamp")),
         runs=runs(pod),
+        last_exit=last_exit,
+        last_words=last_words,
     )
 
 
@@ -289,7 +300,6 @@ async def reconcile_upgrades(
         for obj in xpu_nodes:
             state = (obj["metadata"].get("labels") or {}).get(STATE_LABEL, "")
             quiet.nodes[obj["metadata"]["name"]] = NodeReport(state, "the driver is up to date")
-        _publish(quiet)
         return quiet
     views = observe(
         xpu_nodes,
@@ -313,11 +323,4 @@ async def reconcile_upgrades(
         elif STUCK_REPORTED in step.annotate:
             message = f"node {node.name} in {node.state} for long: {step.reason}"
             await kube.event(events_on, EVENTS_NAMESPACE, "Warning", "DriverUpgradeSlow", message)
-    _publish(status)
     return status
-
-
-def _publish(status: UpgradeStatus) -> None:
-    counts = status.counts()
-    for state in State:
-        NODES_BY_STATE.labels(state.value).set(counts.get(state.value, 0))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from openxpu_operator.policy import UpgradePolicySpec
+from openxpu_runtime.errors import SELF_TEST_FAILED_EXIT
 
 PREFIX = "openxpu.io/driver-upgrade"
 STATE_LABEL = f"{PREFIX}-state"
@@ -98,6 +99,10 @@ class DriverPodView:
     # What the pod runs (containers, driver version), without labels and annotations that
     # change no behaviour: equal to the DaemonSet's, the pod is current whatever its revision.
     runs: str | None = None
+    # The driver container's latest exit (None: it never ended) and its last words: the
+    # last line of its termination message, the log tail (FallbackToLogsOnError).
+    last_exit: int | None = None
+    last_words: str = ""
 
     @property
     def ref(self) -> str:
@@ -272,11 +277,26 @@ def _wait_for_jobs(node: NodeView, policy: UpgradePolicySpec, now: float) -> Ste
     )
 
 
+def _driver_failure(pod: DriverPodView | None) -> str | None:
+    """Why the current driver pod has failed for good, if it has: its self-test failed
+    (that build fails it on every start, so there is no point waiting out the crash loop's
+    back-off), or it restarted too often. The reason ends with what the driver said."""
+    if pod is None:
+        return None
+    said = f": {pod.last_words}" if pod.last_words else ""
+    if pod.last_exit == SELF_TEST_FAILED_EXIT and not pod.ready:
+        return f"driver pod {pod.ref} failed its start-up self-test (exit {pod.last_exit}){said}"
+    if pod.restarts > MAX_DRIVER_RESTARTS:
+        ended = f"; last exit {pod.last_exit}" if pod.last_exit is not None else ""
+        return f"driver pod {pod.ref} restarted {pod.restarts} times{ended}{said}"
+    return None
+
+
 def _restart_driver(node: NodeView) -> Step:
     pod = node.driver_pod
     if node.driver_current:
-        if pod is not None and pod.restarts > MAX_DRIVER_RESTARTS:
-            return _failed(f"driver pod {pod.ref} restarted {pod.restarts} times")
+        if failure := _driver_failure(pod):
+            return _failed(failure)
         return Step(State.VALIDATION_REQUIRED, "the driver pod runs the new revision")
     # An old driver pod that crash-loops (the version being rolled back) is replaced.
     if pod is None or pod.terminating:
@@ -292,8 +312,8 @@ def _validate(node: NodeView) -> Step:
     pod = node.driver_pod
     if not node.driver_current:
         return Step(State.POD_RESTART_REQUIRED, "the driver pod is not the new revision")
-    if pod is not None and pod.restarts > MAX_DRIVER_RESTARTS:
-        return _failed(f"driver pod {pod.ref} restarted {pod.restarts} times")
+    if failure := _driver_failure(pod):
+        return _failed(failure)
     if pod is None or pod.ready:
         return Step(State.UNCORDON_REQUIRED, "the new driver is ready")
     return Step(node.state, f"validation pending: driver pod {pod.ref} not ready")

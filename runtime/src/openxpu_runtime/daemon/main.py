@@ -27,7 +27,7 @@ from openxpu_runtime.daemon import devnodes
 from openxpu_runtime.daemon.app import create_app, create_workload_app
 from openxpu_runtime.daemon.scopes import ScopeListeners, bind_unix
 from openxpu_runtime.engine import Engine, Limits
-from openxpu_runtime.errors import CommandLineParser
+from openxpu_runtime.errors import SELF_TEST_FAILED_EXIT, CommandLineParser
 from openxpu_runtime.paths import HostPaths, probe_socket
 from openxpu_runtime.profiles import DEFAULT_PROFILE, ProfileError, load_profile
 from openxpu_runtime.state import CorruptStateError, StateStore
@@ -43,10 +43,34 @@ PID_FILE = "xpud.pid"
 DEFAULT_SOCKET_MODE = 0o600
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+# A driver version whose pre-release names this identifier (0.3.0-faulty, 1.0.0-rc.1.faulty)
+# is an emulated bad driver build: it installs, and its xpud fails the start-up self-test.
+# It is how one rehearses a failed driver upgrade (docs/upgrades.md).
+FAULTY_RELEASE = "faulty"
 
 
 class StartupError(Exception):
     """xpud cannot start; the message is the one line the operator sees."""
+
+
+class SelfTestFailed(StartupError):
+    """The driver build itself is bad: restarting it cannot help (exit SELF_TEST_FAILED_EXIT)."""
+
+
+def is_faulty_release(version: str | None) -> bool:
+    _, dash, pre_release = (version or "").split("+", 1)[0].partition("-")
+    return bool(dash) and FAULTY_RELEASE in re.split(r"[.-]", pre_release)
+
+
+def self_test(driver_version: str | None) -> None:
+    """The start-up self-test of the driver build, before xpud touches anything: the saved
+    device state stays as the last good driver left it."""
+    if is_faulty_release(driver_version):
+        raise SelfTestFailed(
+            f"driver {driver_version} failed its start-up self-test: it is an emulated faulty "
+            f'release (pre-release tag "{FAULTY_RELEASE}"); device state untouched, install '
+            "another driver version"
+        )
 
 
 class XpudServer(uvicorn.Server):
@@ -302,7 +326,9 @@ async def serve(
 
 
 def start(args: argparse.Namespace) -> tuple[Engine, socket.socket, ScopeListeners]:
-    """Everything before serving, in the one order that is safe: the lock first."""
+    """Everything before serving, in the one order that is safe: the self-test (it touches
+    nothing), then the lock."""
+    self_test(args.driver_version)
     lock_state_dir(args.state_dir)  # held until exit: the fd is never closed
     store = StateStore(args.state_dir / "state.json")
     profile = load_profile(args.profile, args.count)
@@ -364,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s xpud %(message)s")
     try:
         engine, sock, scopes = start(args)
+    except SelfTestFailed as exc:
+        print(f"xpud: {exc}", file=sys.stderr)
+        return SELF_TEST_FAILED_EXIT
     except (StartupError, ProfileError, CorruptStateError, OSError) as exc:
         print(f"xpud: {exc}", file=sys.stderr)
         return 2
