@@ -30,6 +30,7 @@ from e2e.conftest import (  # noqa: F401 (fixture)
     lab_cluster,
     require_no_foreign_stack,
 )
+from e2e.test_lab_multinode import _nsenter
 from operator_process import CRD_PATH, RBAC_PATH, Operator
 from test_controller_e2e import _operator_kubeconfig, wait_for
 from test_upgrade_controller import _upgrade_metrics
@@ -435,3 +436,34 @@ def test_a_faulty_driver_fails_one_node_holds_the_rollout_and_a_rollback_recover
     assert _upgrade_metrics(operators[-1])["failed"] == 0
     lab.kubectl("rollout", "status", "deploy/upgrade-burn", "--timeout=180s", timeout=200)
     _in_driver(lab, faulted, "xpu-smi", "clear-fault", "-i", str(index))
+
+
+def test_uninstall_removes_the_host_files_of_every_node(three_node_stack: Any) -> None:
+    """Deleting the policy runs a cleanup pod on every node, the workers (whose /run/openxpu
+    is a mount of their own) included: none is given up on (CleanupIncomplete)."""
+    lab, nodes, _, _ = three_node_stack
+    for doc in _workload(lab.images["openxpu"]):
+        lab.kubectl("delete", doc["kind"], doc["metadata"]["name"], "-n", "default")
+    uid = _policy(lab)["metadata"]["uid"]
+    started = time.monotonic()
+    lab.kubectl(
+        "delete",
+        "xcp",
+        "upgrade",
+        f"--timeout={CLEANUP_TIMEOUT + 60}s",
+        timeout=CLEANUP_TIMEOUT + 80,
+    )
+    took = time.monotonic() - started
+    events = lab.kubectl_json("get", "events", "-A", "--field-selector=reason=CleanupIncomplete")
+    given_up = [
+        e["message"]
+        for e in events["items"]  # type: ignore[attr-defined]
+        if e["involvedObject"].get("uid") == uid
+    ]
+    assert not given_up, given_up
+    for node in nodes:
+        left = _nsenter(
+            lab, node, "ls -d /opt/openxpu/driver /dev/xpu[0-9]* /run/openxpu/* 2>/dev/null || true"
+        )
+        assert left.strip() == "", f"{node}: {left}"
+    print(f"\npolicy deleted -> every node cleaned: {took:.1f}s", file=sys.stderr)
