@@ -7,7 +7,10 @@ xpud (x1-8); the kubelet side is the test's protocol peer over real unix sockets
   connection (as the kubelet has), 20 calls each. Each Allocate obtains its container's
   scope: a one-device request takes the spare the plugin made ahead when there is one,
   else (and always for 8 devices) it is one round trip to xpud's admin socket. The
-  scopes a round made are deleted after it, outside the timings.
+  scopes a round made are deleted after it, outside the timings. Then one caller, 200
+  calls, back to back and 20 ms apart (as the kubelet admits pods, one at a time).
+- GetDevicePluginOptions, one caller, 20 ms apart: the same gRPC round trip with nothing
+  in it, the floor the Allocate figures stand on.
 - Fault injected in xpud (ECC DBE) -> the Unhealthy update received on ListAndWatch, p50/p99
   over 50 faults.
 - kubelet.sock re-created -> Register received again, over 5 restarts.
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from openxpu_device_plugin.kubeletapi import pb
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
@@ -36,6 +40,8 @@ pytestmark = pytest.mark.bench
 
 CALLERS = 100
 CALLS_PER_CALLER = 20
+# One caller: enough calls that p99 is not just the slowest of a handful.
+SERIAL_CALLS = 200
 FAULTS = 50
 RESTARTS = 5
 
@@ -64,13 +70,14 @@ async def allocate_latencies(
     scopes: list[str],
     callers: int = CALLERS,
     gap: float = 0.0,
+    calls: int = CALLS_PER_CALLER,
 ) -> list[float]:
     """Latencies in ms, each caller waiting `gap` s between calls; the scope of each
     container is appended to `scopes`."""
     out: list[float] = []
 
     async def caller(n: int) -> None:
-        for k in range(CALLS_PER_CALLER):
+        for k in range(calls):
             start = (n + k) % len(ids)
             req = [ids[(start + j) % len(ids)] for j in range(size)]
             t0 = time.perf_counter()
@@ -80,6 +87,17 @@ async def allocate_latencies(
             await asyncio.sleep(gap)
 
     await asyncio.gather(*(caller(n) for n in range(callers)))
+    return out
+
+
+async def empty_call_latencies(kubelet: KubeletPeer, gap: float) -> list[float]:
+    """GetDevicePluginOptions, serial, in ms: a call the plugin answers with a constant."""
+    out = []
+    for _ in range(SERIAL_CALLS):
+        t0 = time.perf_counter()
+        await kubelet.current.stub.GetDevicePluginOptions(pb.Empty(), timeout=5)
+        out.append((time.perf_counter() - t0) * 1000)
+        await asyncio.sleep(gap)
     return out
 
 
@@ -131,11 +149,15 @@ async def test_device_plugin_benchmark(
         calls = len(alloc1) + len(alloc8)
         # The kubelet's own pattern: one Allocate at a time (pod admission is serial). One
         # device: the spare scope made ahead; 8 devices: a round trip to xpud.
-        serial1 = await allocate_latencies(kubelet, ids, 1, made := [], callers=1)
-        serial8 = await allocate_latencies(kubelet, ids, 8, made, callers=1)
-        # Pods admitted 20 ms apart: the pool has made the next spare by then.
-        paced1 = await allocate_latencies(kubelet, ids, 1, made, callers=1, gap=0.02)
+        serial = {"callers": 1, "calls": SERIAL_CALLS}
+        serial1 = await allocate_latencies(kubelet, ids, 1, made := [], **serial)
+        serial8 = await allocate_latencies(kubelet, ids, 8, made, **serial)
         await delete_scopes(xpud, made)
+        # Pods admitted 20 ms apart: the pool has made the next spare by then.
+        paced1 = await allocate_latencies(kubelet, ids, 1, made := [], gap=0.02, **serial)
+        await delete_scopes(xpud, made)
+        # The same gRPC round trip with nothing to do in it: what the transport costs.
+        empty_ms = await empty_call_latencies(kubelet, gap=0.02)
 
         fault_ms: list[float] = []
         with xpud.client() as c:
@@ -174,6 +196,7 @@ async def test_device_plugin_benchmark(
         "allocate_1dev_serial_ms": {"p50": pct(serial1, 50), "p99": pct(serial1, 99)},
         "allocate_8dev_serial_ms": {"p50": pct(serial8, 50), "p99": pct(serial8, 99)},
         "allocate_1dev_paced_ms": {"p50": pct(paced1, 50), "p99": pct(paced1, 99)},
+        "empty_call_paced_ms": {"p50": pct(empty_ms, 50), "p99": pct(empty_ms, 99)},
         "allocate_throughput_per_s": round(calls / elapsed),
         "plugin_cpu_us_per_allocate": round(cpu / calls * 1e6),
         "fault_to_unhealthy_ms": {
@@ -196,6 +219,7 @@ async def test_device_plugin_benchmark(
         ("Allocate, 1 device, 1 caller (ms)", "allocate_1dev_serial_ms", "p99", "p99 < 5"),
         ("Allocate, 8 devices, 1 caller (ms)", "allocate_8dev_serial_ms", "p99", "p99 < 5"),
         ("Allocate, 1 device, 20 ms apart (ms)", "allocate_1dev_paced_ms", "p99", "p99 < 1"),
+        ("GetDevicePluginOptions, 20 ms apart (ms)", "empty_call_paced_ms", "p99", ""),
         ("fault -> Unhealthy on stream (ms)", "fault_to_unhealthy_ms", "p99", "p99 < 100"),
         (
             "kubelet.sock re-created -> registered (ms)",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -147,6 +148,11 @@ class SparePool:
                 log.debug("spare scopes not made: %s", exc)
                 await asyncio.sleep(retry)
                 continue
+            # A pass leaves a round trip's worth of objects: collected now, while no Allocate
+            # is being answered, not by the collector in the middle of the next one (a young
+            # collection there costs it 0.3 ms, a few Allocates in a hundred).
+            await self._quiet.wait()
+            gc.collect(1)
             await self._changed.wait()
             self._changed.clear()
 
