@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -184,25 +185,26 @@ async def test_an_init_container_and_its_container_both_get_a_spare_while_xpud_i
 async def test_spares_are_made_again_only_once_the_answer_is_sent(xpud: XpudProcess) -> None:
     """Making a spare costs xpud and the plugin CPU that an Allocate's answer would wait
     for: while an Allocate is being answered, the pool makes none, however many chances it
-    gets; once answered, it makes those missing."""
+    gets; once answered, it makes the one missing."""
     ids = uuids(xpud)[:2]
     wanted = {i: api.ScopeRequest(devices=[api.ScopeDeviceRequest(id=i)]) for i in ids}
     async with AsyncXpudClient(xpud.socket) as client:
         pool = SparePool(client, lambda: wanted)
-        await pool.fill()
-        assert len(await client.scopes()) == 4
-        answered = pool.answering()
-        taken = await pool.create_scope(wanted[ids[0]])
-        filling = asyncio.create_task(pool.fill())
-        # Each round trip of ours lets the pool's task run and reach xpud first.
-        for _ in range(20):
-            assert len(await client.scopes()) == 4
-        assert not filling.done()
-        answered()
-        await filling
-        scopes = await client.scopes()
-        assert len(scopes) == 5 and taken.id in {s.id for s in scopes}
-        assert not pool.holds(taken.id)
+        running = asyncio.create_task(pool.run())
+        try:
+            await eventually("two spares for each ID", lambda: len(scope_ids(xpud)) == 4)
+            answered = pool.answering()
+            taken = await pool.create_scope(wanted[ids[0]])
+            assert taken.id in scope_ids(xpud) and not pool.holds(taken.id)
+            # Each round trip of ours lets the pool's task run and reach xpud first.
+            for _ in range(20):
+                assert len(await client.scopes()) == 4
+            answered()
+            await eventually("the spare made again", lambda: len(scope_ids(xpud)) == 5)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
 
 
 async def test_allocate_refuses_unknown_and_unhealthy_ids(

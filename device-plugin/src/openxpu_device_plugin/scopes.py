@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 LIST_METHOD = "/v1.PodResourcesLister/List"
 LIST_TIMEOUT = 10.0
 HeldSets = set[frozenset[str]]
+# Silence after an Allocate before spares are made again: longer than the kubelet takes
+# between two pods it admits back to back, shorter than what it takes for pods to end.
+SETTLE = 0.005
 
 
 async def held_device_ids(socket: Path, resource: str) -> HeldSets:
@@ -84,8 +87,10 @@ class SparePool:
 
     Making a spare costs xpud a few milliseconds of CPU and the plugin a round trip on the
     loop that answers Allocate; on a node with few cores, that work done while an answer is
-    being sent is what the answer waits for. So spares are made only while no Allocate is
-    being answered (`answering()`), all those missing in one pass."""
+    being sent, or while the next one comes in, is what the answers wait for. The kubelet
+    admits pods one after the other, Allocates back to back, at most one pod per free
+    device: the spares serve such a burst, and are made again once it is over, when no
+    Allocate has been answered for `SETTLE` seconds (`answering()`), all in one pass."""
 
     def __init__(
         self, xpud: AsyncXpudClient, wanted: Callable[[], dict[str, api.ScopeRequest]]
@@ -103,6 +108,7 @@ class SparePool:
         self._answering = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
+        self._last_answered = 0.0
 
     def holds(self, scope_id: str) -> bool:
         return any(scope.id == scope_id for spares in self._spares.values() for _, scope in spares)
@@ -122,10 +128,22 @@ class SparePool:
 
         def answered() -> None:
             self._answering -= 1
+            self._last_answered = time.monotonic()
             if not self._answering:
                 self._quiet.set()
 
         return answered
+
+    async def _settled(self) -> bool:
+        """Wait until no Allocate is being answered and none was for SETTLE seconds; False
+        as soon as a spare is taken or refresh() called meanwhile (the pass starts over)."""
+        while not self._changed.is_set():
+            await self._quiet.wait()
+            wait = self._last_answered + SETTLE - time.monotonic()
+            if wait <= 0:
+                return not self._changed.is_set()
+            await asyncio.sleep(wait)
+        return False
 
     async def create_scope(self, req: api.ScopeRequest) -> api.Scope:
         if len(req.devices) == 1:
@@ -148,18 +166,13 @@ class SparePool:
                 log.debug("spare scopes not made: %s", exc)
                 await asyncio.sleep(retry)
                 continue
-            # A pass leaves a round trip's worth of objects: collected now, while no Allocate
-            # is being answered, not by the collector in the middle of the next one (a young
-            # collection there costs it 0.3 ms, a few Allocates in a hundred).
-            await self._quiet.wait()
-            gc.collect(1)
             await self._changed.wait()
             self._changed.clear()
 
     async def fill(self) -> None:
         """One pass: drop spares that no longer match (and, after refresh(), those xpud no
-        longer has), make those missing, each while no Allocate is being answered. Allocate
-        may take a spare at any await: the lists are the truth."""
+        longer has), make those missing. Allocate may take a spare at any await: the lists
+        are the truth."""
         await self._quiet.wait()
         if self._wanted is None:
             self._wanted = self.wanted()
@@ -179,11 +192,25 @@ class SparePool:
             for scope in stale:
                 with contextlib.suppress(NotFound):
                     await self.xpud.delete_scope(scope.id)
+        # An ID left with no spare (an init container and its container took both, or a
+        # stream of Allocates outlasts the spares) gets one now, even while the next
+        # Allocates come in: one waiting for xpud itself would wait longer.
+        for device_id, req in wanted.items():
+            spares = self._spares.setdefault(device_id, [])
+            if not spares:
+                spares.append((req, await self.xpud.create_scope(req)))
+        # The others once Allocates have settled.
         for device_id, req in wanted.items():
             spares = self._spares.setdefault(device_id, [])
             while len(spares) < depth:
-                await self._quiet.wait()
+                if not await self._settled():
+                    return
                 spares.append((req, await self.xpud.create_scope(req)))
+        # A pass leaves a round trip's worth of objects per spare: collected now, not by the
+        # collector in the middle of the next Allocate (a young collection costs it 0.3 ms,
+        # a few Allocates in a hundred).
+        if self._quiet.is_set():
+            gc.collect(1)
 
 
 def spares_per_id(ids: int) -> int:
