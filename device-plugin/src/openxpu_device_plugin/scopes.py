@@ -105,6 +105,8 @@ class SparePool:
         # changes it, and working it out for every ID again each pass costs as much as an
         # Allocate.
         self._wanted: dict[str, api.ScopeRequest] | None = None
+        # The `_wanted` the spares were last matched against.
+        self._matched: dict[str, api.ScopeRequest] | None = None
         self._answering = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -183,15 +185,17 @@ class SparePool:
             live = {s.id for s in await self.xpud.scopes()}
             for spares in self._spares.values():
                 spares[:] = [(req, scope) for req, scope in spares if scope.id in live]
-        for device_id, spares in list(self._spares.items()):
-            want = wanted.get(device_id)
-            stale = [scope for req, scope in spares if req != want]
-            spares[:] = [(req, scope) for req, scope in spares if req == want]
-            if want is None:
-                del self._spares[device_id]
-            for scope in stale:
-                with contextlib.suppress(NotFound):
-                    await self.xpud.delete_scope(scope.id)
+        if self._matched is not wanted:  # only refresh() changes what is wanted
+            for device_id, spares in list(self._spares.items()):
+                want = wanted.get(device_id)
+                stale = [scope for req, scope in spares if req != want]
+                spares[:] = [(req, scope) for req, scope in spares if req == want]
+                if want is None:
+                    del self._spares[device_id]
+                for scope in stale:
+                    with contextlib.suppress(NotFound):
+                        await self.xpud.delete_scope(scope.id)
+            self._matched = wanted
         # An ID left with no spare (an init container and its container took both, or a
         # stream of Allocates outlasts the spares) gets one now, even while the next
         # Allocates come in: one waiting for xpud itself would wait longer.
