@@ -80,10 +80,10 @@ def _still_served(scope: api.Scope) -> bool:
 
 class SparePool:
     """xpud's scopes as Allocate obtains them: a spare made ahead if one matches the
-    request exactly, else a new one. `run()` keeps `depth()` spares for each of `wanted()`:
-    two while that stays within `MAX_SPARES` scopes, because the kubelet allocates an init
-    container's devices and then its app container's, the same IDs back to back, each
-    container with its own scope.
+    request exactly, else a new one. `run()` keeps spares for each of `wanted()`: two
+    while that stays within `MAX_SPARES` scopes (`spares_per_id`), because the kubelet
+    allocates an init container's devices and then its app container's, the same IDs back
+    to back, each container with its own scope.
 
     Making a spare costs xpud a few milliseconds of CPU and the plugin a round trip on the
     loop that answers Allocate; on a node with few cores, that work done while an answer is
