@@ -7,7 +7,12 @@ xpud (x1-8); the kubelet side is the test's protocol peer over real unix sockets
   connection (as the kubelet has), 20 calls each. Each Allocate obtains its container's
   scope: a one-device request takes the spare the plugin made ahead when there is one,
   else (and always for 8 devices) it is one round trip to xpud's admin socket. The
-  scopes a round made are deleted after it, outside the timings.
+  scopes a round made are deleted after it, outside the timings. Then one caller, 200
+  calls: back to back; 20 ms apart; and as the kubelet admits pods, one after the other
+  and at most one per free device: bursts of 8 one-device calls back to back (the node
+  full), 100 ms apart (the pods run, then end).
+- GetDevicePluginOptions, one caller, 20 ms apart: the same gRPC round trip with nothing
+  in it, the floor the Allocate figures stand on.
 - Fault injected in xpud (ECC DBE) -> the Unhealthy update received on ListAndWatch, p50/p99
   over 50 faults.
 - kubelet.sock re-created -> Register received again, over 5 restarts.
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from openxpu_device_plugin.kubeletapi import pb
 from openxpu_runtime import api
 from openxpu_runtime.testing import XpudProcess
 
@@ -36,6 +42,8 @@ pytestmark = pytest.mark.bench
 
 CALLERS = 100
 CALLS_PER_CALLER = 20
+# One caller: enough calls that p99 is not just the slowest of a handful.
+SERIAL_CALLS = 200
 FAULTS = 50
 RESTARTS = 5
 
@@ -64,13 +72,14 @@ async def allocate_latencies(
     scopes: list[str],
     callers: int = CALLERS,
     gap: float = 0.0,
+    calls: int = CALLS_PER_CALLER,
 ) -> list[float]:
     """Latencies in ms, each caller waiting `gap` s between calls; the scope of each
     container is appended to `scopes`."""
     out: list[float] = []
 
     async def caller(n: int) -> None:
-        for k in range(CALLS_PER_CALLER):
+        for k in range(calls):
             start = (n + k) % len(ids)
             req = [ids[(start + j) % len(ids)] for j in range(size)]
             t0 = time.perf_counter()
@@ -80,6 +89,35 @@ async def allocate_latencies(
             await asyncio.sleep(gap)
 
     await asyncio.gather(*(caller(n) for n in range(callers)))
+    return out
+
+
+async def burst_latencies(
+    kubelet: KubeletPeer, ids: list[str], scopes: list[str], pause: float = 0.1
+) -> tuple[list[float], list[float]]:
+    """Latencies in ms of SERIAL_CALLS one-device Allocates in bursts, one per device back
+    to back, `pause` s between bursts: those of each burst's first call (after the pause)
+    and of the others. Each container's scope is appended to `scopes`."""
+    first: list[float] = []
+    rest: list[float] = []
+    for _ in range(SERIAL_CALLS // len(ids)):
+        for n, device_id in enumerate(ids):
+            t0 = time.perf_counter()
+            response = await kubelet.allocate([device_id])
+            (rest if n else first).append((time.perf_counter() - t0) * 1000)
+            scopes.append(scope_dir(response.container_responses[0]).name)
+        await asyncio.sleep(pause)
+    return first, rest
+
+
+async def empty_call_latencies(kubelet: KubeletPeer, gap: float = 0.0) -> list[float]:
+    """GetDevicePluginOptions, serial, in ms: a call the plugin answers with a constant."""
+    out = []
+    for _ in range(SERIAL_CALLS):
+        t0 = time.perf_counter()
+        await kubelet.current.stub.GetDevicePluginOptions(pb.Empty(), timeout=5)
+        out.append((time.perf_counter() - t0) * 1000)
+        await asyncio.sleep(gap)
     return out
 
 
@@ -131,11 +169,20 @@ async def test_device_plugin_benchmark(
         calls = len(alloc1) + len(alloc8)
         # The kubelet's own pattern: one Allocate at a time (pod admission is serial). One
         # device: the spare scope made ahead; 8 devices: a round trip to xpud.
-        serial1 = await allocate_latencies(kubelet, ids, 1, made := [], callers=1)
-        serial8 = await allocate_latencies(kubelet, ids, 8, made, callers=1)
-        # Pods admitted 20 ms apart: the pool has made the next spare by then.
-        paced1 = await allocate_latencies(kubelet, ids, 1, made, callers=1, gap=0.02)
+        serial = {"callers": 1, "calls": SERIAL_CALLS}
+        serial1 = await allocate_latencies(kubelet, ids, 1, made := [], **serial)
+        serial8 = await allocate_latencies(kubelet, ids, 8, made, **serial)
         await delete_scopes(xpud, made)
+        # Pods admitted 20 ms apart: the pool has made the next spare by then.
+        paced1 = await allocate_latencies(kubelet, ids, 1, made := [], gap=0.02, **serial)
+        await delete_scopes(xpud, made)
+        burst_first, burst_rest = await burst_latencies(kubelet, ids, made := [])
+        burst1 = burst_first + burst_rest
+        await delete_scopes(xpud, made)
+        # The same gRPC round trip with nothing to do in it: what the transport costs, back
+        # to back and after 20 ms idle (the processes' wake-up).
+        empty_ms = await empty_call_latencies(kubelet)
+        empty_paced_ms = await empty_call_latencies(kubelet, gap=0.02)
 
         fault_ms: list[float] = []
         with xpud.client() as c:
@@ -174,6 +221,11 @@ async def test_device_plugin_benchmark(
         "allocate_1dev_serial_ms": {"p50": pct(serial1, 50), "p99": pct(serial1, 99)},
         "allocate_8dev_serial_ms": {"p50": pct(serial8, 50), "p99": pct(serial8, 99)},
         "allocate_1dev_paced_ms": {"p50": pct(paced1, 50), "p99": pct(paced1, 99)},
+        "allocate_1dev_bursts_ms": {"p50": pct(burst1, 50), "p99": pct(burst1, 99)},
+        "allocate_1dev_burst_first_ms": {"p50": pct(burst_first, 50), "p99": pct(burst_first, 99)},
+        "allocate_1dev_burst_rest_ms": {"p50": pct(burst_rest, 50), "p99": pct(burst_rest, 99)},
+        "empty_call_ms": {"p50": pct(empty_ms, 50), "p99": pct(empty_ms, 99)},
+        "empty_call_paced_ms": {"p50": pct(empty_paced_ms, 50), "p99": pct(empty_paced_ms, 99)},
         "allocate_throughput_per_s": round(calls / elapsed),
         "plugin_cpu_us_per_allocate": round(cpu / calls * 1e6),
         "fault_to_unhealthy_ms": {
@@ -196,6 +248,11 @@ async def test_device_plugin_benchmark(
         ("Allocate, 1 device, 1 caller (ms)", "allocate_1dev_serial_ms", "p99", "p99 < 5"),
         ("Allocate, 8 devices, 1 caller (ms)", "allocate_8dev_serial_ms", "p99", "p99 < 5"),
         ("Allocate, 1 device, 20 ms apart (ms)", "allocate_1dev_paced_ms", "p99", "p99 < 1"),
+        ("Allocate, 1 device, bursts of 8 (ms)", "allocate_1dev_bursts_ms", "p99", "p99 < 1"),
+        ("  first of a burst, after 100 ms idle (ms)", "allocate_1dev_burst_first_ms", "p99", ""),
+        ("  the other 7 of a burst (ms)", "allocate_1dev_burst_rest_ms", "p99", "p99 < 1"),
+        ("GetDevicePluginOptions, back to back (ms)", "empty_call_ms", "p99", ""),
+        ("GetDevicePluginOptions, 20 ms apart (ms)", "empty_call_paced_ms", "p99", ""),
         ("fault -> Unhealthy on stream (ms)", "fault_to_unhealthy_ms", "p99", "p99 < 100"),
         (
             "kubelet.sock re-created -> registered (ms)",

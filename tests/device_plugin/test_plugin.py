@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import yaml
 from grpc import aio
 
 from openxpu_device_plugin.plugin import endpoint_for
+from openxpu_device_plugin.scopes import SparePool
 from openxpu_runtime import api
-from openxpu_runtime.client import XpudClient
+from openxpu_runtime.client import AsyncXpudClient, XpudClient
 from openxpu_runtime.errors import PermissionDenied
 from openxpu_runtime.testing import XpudProcess
 from openxpu_runtime.xpu import XpuSession
@@ -120,39 +123,88 @@ async def test_a_failed_allocate_leaves_no_scope_behind(
     await start_plugin()
     await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
     ids = uuids(xpud)
-    await eventually("a spare scope for each device", lambda: len(scope_ids(xpud)) == 8)
+    await eventually("two spare scopes for each device", lambda: len(scope_ids(xpud)) == 16)
     with pytest.raises(aio.AioRpcError) as err:
         # Two IDs: the first container's scope is made for it, not taken from the spares.
         await kubelet.allocate([ids[1], ids[3]], [ids[2], "XPU-nope"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert len(scope_ids(xpud)) == 8, "the first container's scope was deleted"
+    assert len(scope_ids(xpud)) == 16, "the first container's scope was deleted"
     # A spare handed to a failed request goes too, and the pool makes another.
     spares = scope_ids(xpud)
     with pytest.raises(aio.AioRpcError):
         await kubelet.allocate([ids[1]], ["XPU-nope"])
     await eventually("the spare made again", lambda: len(scope_ids(xpud) - spares) == 1)
-    assert len(scope_ids(xpud)) == 8
+    assert len(scope_ids(xpud)) == 16
 
 
 async def test_a_one_xpu_allocate_takes_a_spare_scope_made_ahead(
     xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
 ) -> None:
-    """Allocate need not wait for xpud: a spare per ID, taken and then made again."""
+    """Allocate need not wait for xpud: two spares per ID, taken and then made again."""
     await start_plugin()
     await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
     ids = uuids(xpud)
-    await eventually("a spare scope for each device", lambda: len(scope_ids(xpud)) == 8)
+    await eventually("two spare scopes for each device", lambda: len(scope_ids(xpud)) == 16)
     spares = scope_ids(xpud)
     (container,) = (await kubelet.allocate([ids[5]])).container_responses
     taken = scope_of(xpud, container)
     assert taken.id in spares and taken.device_ids == [ids[5]]
-    await eventually("the next spare", lambda: len(scope_ids(xpud)) == 9)
+    await eventually("the next spare", lambda: len(scope_ids(xpud)) == 17)
     # An unhealthy device's spare goes; the others stay.
     with xpud.client() as c:
         c.inject_fault(api.FaultRequest(device="2", code=48))
-    await eventually("device 2's spare gone", lambda: len(scope_ids(xpud)) == 8)
+    await eventually("device 2's spares gone", lambda: len(scope_ids(xpud)) == 15)
     with xpud.client() as c:
         assert [ids[2]] not in [s.device_ids for s in c.scopes()]
+
+
+async def test_an_init_container_and_its_container_both_get_a_spare_while_xpud_is_silent(
+    xpud: XpudProcess, kubelet: KubeletPeer, start_plugin: StartPlugin
+) -> None:
+    """The kubelet allocates an init container's XPU and then its app container's, the same
+    ID back to back, each container with its own scope: both come from spares made ahead,
+    so neither waits for xpud (stopped here, as if busy)."""
+    await start_plugin()
+    await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
+    ids = uuids(xpud)
+    await eventually("two spare scopes for each device", lambda: len(scope_ids(xpud)) == 16)
+    spares = scope_ids(xpud)
+    assert xpud.proc is not None
+    os.kill(xpud.proc.pid, signal.SIGSTOP)
+    try:
+        init, app = [
+            (await kubelet.allocate([ids[3]])).container_responses[0] for _ in ("init", "app")
+        ]
+    finally:
+        os.kill(xpud.proc.pid, signal.SIGCONT)
+    assert {scope_dir(init).name, scope_dir(app).name} <= spares
+    assert scope_dir(init) != scope_dir(app)
+    await eventually("the spares made again", lambda: len(scope_ids(xpud)) == 18)
+
+
+async def test_spares_are_made_again_only_once_the_answer_is_sent(xpud: XpudProcess) -> None:
+    """Making a spare costs xpud and the plugin CPU that an Allocate's answer would wait
+    for: while an Allocate is being answered, the pool makes none, however many chances it
+    gets; once answered, it makes the one missing."""
+    ids = uuids(xpud)[:2]
+    wanted = {i: api.ScopeRequest(devices=[api.ScopeDeviceRequest(id=i)]) for i in ids}
+    async with AsyncXpudClient(xpud.socket) as client:
+        pool = SparePool(client, lambda: wanted)
+        running = asyncio.create_task(pool.run())
+        try:
+            await eventually("two spares for each ID", lambda: len(scope_ids(xpud)) == 4)
+            answered = pool.answering()
+            taken = await pool.create_scope(wanted[ids[0]])
+            assert taken.id in scope_ids(xpud) and not pool.holds(taken.id)
+            # Each round trip of ours lets the pool's task run and reach xpud first.
+            for _ in range(20):
+                assert len(await client.scopes()) == 4
+            answered()
+            await eventually("the spare made again", lambda: len(scope_ids(xpud)) == 5)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
 
 
 async def test_allocate_refuses_unknown_and_unhealthy_ids(
@@ -475,7 +527,7 @@ async def test_a_container_keeps_its_scope_across_an_xpud_restart(
     await start_plugin()
     await kubelet.wait_devices(lambda d: all_health(d, "Healthy"))
     ids = uuids(xpud)
-    await eventually("a spare scope for each device", lambda: len(scope_ids(xpud)) == 8)
+    await eventually("two spare scopes for each device", lambda: len(scope_ids(xpud)) == 16)
     (container,) = (await kubelet.allocate([ids[6]])).container_responses
     socket = scope_dir(container) / "xpud.sock"
     env = {**container.envs, "XPUD_SOCKET": str(socket)}

@@ -167,7 +167,7 @@ async def test_the_plugin_reconciles_the_scopes_its_allocate_made(
     pod_resources.pods = [pod("running", "ml", {"main": [uuids[0], uuids[1]]})]
     await start_plugin(scope_grace_period="1")
     await kubelet.wait_devices(lambda d: len(d) == 8)
-    await eventually("a spare scope for each device", lambda: len(scope_ids(xpud)) == 8)
+    await eventually("two spare scopes for each device", lambda: len(scope_ids(xpud)) == 16)
     spares = scope_ids(xpud)
     running, not_started = (
         await kubelet.allocate([uuids[0], uuids[1]], [uuids[2], uuids[3]])

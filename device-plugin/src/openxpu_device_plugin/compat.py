@@ -7,6 +7,7 @@ is on: a missing host path would make the container runtime refuse the container
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -25,17 +26,20 @@ CONTAINER_SMI = "/usr/bin/nvidia-smi"
 
 def mounts(flags: Flags) -> list[tuple[str, str]]:
     """(container path, host path) pairs, all read-only; none when compatibility is off or
-    the driver did not install it. The driver root itself is mounted at its host path: the
-    nvidia-smi shim runs xpu-smi's code from there."""
-    root = PurePosixPath(flags.driver_root)
-    library = root / "lib" / LIBRARY
-    if not flags.nvidia_compat or not os.path.isfile(library):
+    the driver did not install it (looked at on each call: Allocate's). The driver root
+    itself is mounted at its host path: the nvidia-smi shim runs xpu-smi's code from there."""
+    if not flags.nvidia_compat:
         return []
-    return [
-        (str(root), str(root)),
-        (CONTAINER_LIBRARY, str(library)),
-        (CONTAINER_SMI, str(root / "bin" / "nvidia-smi")),
-    ]
+    root, library, smi = _host_paths(flags.driver_root)
+    if not os.path.isfile(library):
+        return []
+    return [(root, root), (CONTAINER_LIBRARY, library), (CONTAINER_SMI, smi)]
+
+
+@functools.cache
+def _host_paths(driver_root: str) -> tuple[str, str, str]:
+    root = PurePosixPath(driver_root)
+    return str(root), str(root / "lib" / LIBRARY), str(root / "bin" / "nvidia-smi")
 
 
 def add_to_cdi(spec: CdiSpec, flags: Flags) -> CdiSpec:

@@ -317,7 +317,7 @@ class ResourceManager:
         for i, limit in enumerate(plan.memory_limits):
             if limit is not None:
                 out.envs[f"XPU_MEMORY_LIMIT_{i}"] = str(limit)
-        out.mounts = self.container_mounts(str(PurePosixPath(scope.socket).parent))
+        out.mounts = self.container_mounts(os.path.dirname(scope.socket))
         if DeviceListStrategy.CDI in strategies:
             # The runtime injects the device nodes from the CDI spec; the kubelet adds the
             # mounts above next to them.

@@ -14,16 +14,17 @@ next container, which gets its own Allocate), only the newest is in use: the oth
 after the same grace period.
 
 Allocate is on the kubelet's admission path, and a round trip to xpud costs more than the
-whole of the rest of it. So the plugin keeps one spare scope made ahead for every ID it
-advertises (`SparePool`): a one-ID request (one XPU, one replica) takes its spare and the
-pool makes the next one in the background; other requests ask xpud there and then. Spares
-are the plugin's, not unused: the reconciler leaves them alone.
+whole of the rest of it. So the plugin keeps spare scopes made ahead for every ID it
+advertises (`SparePool`): a one-ID request (one XPU, one replica) takes one of its spares
+and the pool makes the next once the answer is sent; other requests ask xpud there and
+then. Spares are the plugin's, not unused: the reconciler leaves them alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 from grpc import aio
 
 from openxpu_device_plugin.kubeletapi import podresources_pb2 as pr
-from openxpu_device_plugin.resources import SCOPE_RESOURCE_LABEL
+from openxpu_device_plugin.resources import MAX_SPARES, SCOPE_RESOURCE_LABEL
 from openxpu_runtime import api
 from openxpu_runtime.client import AsyncXpudClient
 from openxpu_runtime.errors import NotFound, Unreachable
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 LIST_METHOD = "/v1.PodResourcesLister/List"
 LIST_TIMEOUT = 10.0
 HeldSets = set[frozenset[str]]
+# Silence after an Allocate before spares are made again: longer than the kubelet takes
+# between two pods it admits back to back, shorter than what it takes for pods to end.
+SETTLE = 0.005
 
 
 async def held_device_ids(socket: Path, resource: str) -> HeldSets:
@@ -76,33 +80,79 @@ def _still_served(scope: api.Scope) -> bool:
 
 class SparePool:
     """xpud's scopes as Allocate obtains them: a spare made ahead if one matches the
-    request exactly, else a new one. `run()` keeps a spare for each of `wanted()`."""
+    request exactly, else a new one. `run()` keeps spares for each of `wanted()`: two
+    while that stays within `MAX_SPARES` scopes (`spares_per_id`), because the kubelet
+    allocates an init container's devices and then its app container's, the same IDs back
+    to back, each container with its own scope.
+
+    Making a spare costs xpud a few milliseconds of CPU and the plugin a round trip on the
+    loop that answers Allocate; on a node with few cores, that work done while an answer is
+    being sent, or while the next one comes in, is what the answers wait for. The kubelet
+    admits pods one after the other, Allocates back to back, at most one pod per free
+    device: the spares serve such a burst, and are made again once it is over, when no
+    Allocate has been answered for `SETTLE` seconds (`answering()`), all in one pass."""
 
     def __init__(
         self, xpud: AsyncXpudClient, wanted: Callable[[], dict[str, api.ScopeRequest]]
     ) -> None:
         self.xpud = xpud
         self.wanted = wanted
-        self._spares: dict[str, tuple[api.ScopeRequest, api.Scope]] = {}
+        self._spares: dict[str, list[tuple[api.ScopeRequest, api.Scope]]] = {}
         self._changed = asyncio.Event()
         # Set by refresh(): the next pass also asks xpud which spares it still has.
         self._verify = True
+        # What `wanted()` said at the last refresh(): only what refresh() is called for
+        # changes it, and working it out for every ID again each pass costs as much as an
+        # Allocate.
+        self._wanted: dict[str, api.ScopeRequest] | None = None
+        # The `_wanted` the spares were last matched against.
+        self._matched: dict[str, api.ScopeRequest] | None = None
+        self._answering = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._last_answered = 0.0
 
     def holds(self, scope_id: str) -> bool:
-        return any(scope.id == scope_id for _, scope in self._spares.values())
+        return any(scope.id == scope_id for spares in self._spares.values() for _, scope in spares)
 
     def refresh(self) -> None:
         """What is wanted may have changed (configuration, inventory, health), or xpud may
         have restarted without its state: check the spares again."""
         self._verify = True
+        self._wanted = None
         self._changed.set()
+
+    def answering(self) -> Callable[[], None]:
+        """An Allocate is being answered: no spare is made until the returned callable has
+        been called (once the answer is sent)."""
+        self._answering += 1
+        self._quiet.clear()
+
+        def answered() -> None:
+            self._answering -= 1
+            self._last_answered = time.monotonic()
+            if not self._answering:
+                self._quiet.set()
+
+        return answered
+
+    async def _settled(self) -> bool:
+        """Wait until no Allocate is being answered and none was for SETTLE seconds; False
+        as soon as a spare is taken or refresh() called meanwhile (the pass starts over)."""
+        while not self._changed.is_set():
+            await self._quiet.wait()
+            wait = self._last_answered + SETTLE - time.monotonic()
+            if wait <= 0:
+                return not self._changed.is_set()
+            await asyncio.sleep(wait)
+        return False
 
     async def create_scope(self, req: api.ScopeRequest) -> api.Scope:
         if len(req.devices) == 1:
-            spare = self._spares.pop(req.devices[0].id, None)
-            if spare is not None:
+            spares = self._spares.get(req.devices[0].id)
+            if spares:
                 self._changed.set()
-                made_for, scope = spare
+                made_for, scope = spares.pop(0)
                 if made_for == req and _still_served(scope):
                     return scope
         return await self.xpud.create_scope(req)
@@ -123,23 +173,54 @@ class SparePool:
 
     async def fill(self) -> None:
         """One pass: drop spares that no longer match (and, after refresh(), those xpud no
-        longer has), make those missing. Allocate may take a spare at any await: the dict
-        is the truth."""
-        wanted = self.wanted()
+        longer has), make those missing. Allocate may take a spare at any await: the lists
+        are the truth."""
+        await self._quiet.wait()
+        if self._wanted is None:
+            self._wanted = self.wanted()
+        wanted = self._wanted
+        depth = spares_per_id(len(wanted))
         if self._verify:
             self._verify = False
             live = {s.id for s in await self.xpud.scopes()}
-            for device_id, (_, scope) in list(self._spares.items()):
-                if scope.id not in live:
+            for spares in self._spares.values():
+                spares[:] = [(req, scope) for req, scope in spares if scope.id in live]
+        if self._matched is not wanted:  # only refresh() changes what is wanted
+            for device_id, spares in list(self._spares.items()):
+                want = wanted.get(device_id)
+                stale = [scope for req, scope in spares if req != want]
+                spares[:] = [(req, scope) for req, scope in spares if req == want]
+                if want is None:
                     del self._spares[device_id]
-        for device_id, (req, scope) in list(self._spares.items()):
-            if wanted.get(device_id) != req:
-                del self._spares[device_id]
-                with contextlib.suppress(NotFound):
-                    await self.xpud.delete_scope(scope.id)
+                for scope in stale:
+                    with contextlib.suppress(NotFound):
+                        await self.xpud.delete_scope(scope.id)
+            self._matched = wanted
+        # An ID left with no spare (an init container and its container took both, or a
+        # stream of Allocates outlasts the spares) gets one now, even while the next
+        # Allocates come in: one waiting for xpud itself would wait longer.
         for device_id, req in wanted.items():
-            if device_id not in self._spares:
-                self._spares[device_id] = (req, await self.xpud.create_scope(req))
+            spares = self._spares.setdefault(device_id, [])
+            if not spares:
+                spares.append((req, await self.xpud.create_scope(req)))
+        # The others once Allocates have settled.
+        for device_id, req in wanted.items():
+            spares = self._spares.setdefault(device_id, [])
+            while len(spares) < depth:
+                if not await self._settled():
+                    return
+                spares.append((req, await self.xpud.create_scope(req)))
+        # A pass leaves a round trip's worth of objects per spare: collected now, not by the
+        # collector in the middle of the next Allocate (a young collection costs it 0.3 ms,
+        # a few Allocates in a hundred).
+        if self._quiet.is_set():
+            gc.collect(1)
+
+
+def spares_per_id(ids: int) -> int:
+    """Two spares an ID while they stay within MAX_SPARES scopes, else one (`wanted()` is
+    empty beyond MAX_SPARES IDs)."""
+    return 2 if 2 * ids <= MAX_SPARES else 1
 
 
 def unused(scopes: Iterable[api.Scope], held: HeldSets) -> list[api.Scope]:

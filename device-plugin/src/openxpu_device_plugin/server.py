@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import NoReturn, Protocol
 
@@ -60,6 +60,8 @@ class Scopes(Protocol):
     """Where Allocate obtains scopes: `scopes.SparePool` (a spare made ahead, else xpud's
     admin API)."""
 
+    def answering(self) -> Callable[[], None]: ...
+
     async def create_scope(self, req: api.ScopeRequest) -> api.Scope: ...
 
     async def delete_scope(self, scope_id: str) -> None: ...
@@ -109,6 +111,10 @@ class DevicePluginService(rpc.DevicePluginServicer):
         request: pb.AllocateRequest,
         context: aio.ServicerContext[pb.AllocateRequest, pb.AllocateResponse],
     ) -> pb.AllocateResponse:
+        # Spares are made again once the answer is sent, not while it is being sent.
+        answered = self.scopes.answering()
+        # The stubs type the callback as a class of theirs; any callable is what gRPC calls.
+        context.add_done_callback(lambda _: answered())  # type: ignore[arg-type]
         out = pb.AllocateResponse()
         created: list[str] = []
         for req in request.container_requests:
