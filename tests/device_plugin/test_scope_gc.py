@@ -177,3 +177,27 @@ async def test_the_plugin_reconciles_the_scopes_its_allocate_made(
     assert scope_ids(xpud) == spares | {kept, gone}
     await eventually("the unused scope deleted", lambda: gone not in scope_ids(xpud))
     assert scope_ids(xpud) == spares | {kept}
+
+
+async def test_the_scope_handed_out_last_stays_even_if_it_is_older(
+    xpud: XpudProcess, pod_resources: FakeKubelet
+) -> None:
+    """A spare made while an Allocate asked xpud itself can be older than that Allocate's
+    scope and still be what the next container of the same ID gets: the plugin's word on
+    what it handed out last decides, not the age."""
+    uuid, (handed_last, newer) = device0_scopes(xpud, 2)
+    pod_resources.pods = [pod("p", "ml", {"main": [uuid]})]
+    clock = Clock()
+    async with AsyncXpudClient(xpud.socket) as client:
+        gc = ScopeReconciler(
+            client,
+            pod_resources.socket_path,
+            lambda: RESOURCE,
+            lambda: GRACE,
+            clock,
+            handed=lambda ids: handed_last if ids == frozenset({uuid}) else None,
+        )
+        assert await gc.reconcile() == []
+        clock.now = GRACE
+        assert await gc.reconcile() == [newer]
+    assert scope_ids(xpud) == {handed_last}

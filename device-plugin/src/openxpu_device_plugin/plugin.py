@@ -205,6 +205,7 @@ class DevicePlugin:
             resource=lambda: self.config.advertised_resource,
             grace_period=lambda: self.config.flags.scope_grace_period,
             spare=spares.holds,
+            handed=spares.last_handed,
         )
 
         async def refresh_spares() -> None:

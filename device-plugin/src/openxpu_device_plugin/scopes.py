@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 LIST_METHOD = "/v1.PodResourcesLister/List"
 LIST_TIMEOUT = 10.0
 HeldSets = set[frozenset[str]]
+# Sets of device IDs whose last handed-out scope is remembered: far more than a node's
+# containers at once (older ones are forgotten first; the newest scope then decides).
+MAX_HANDED = 4096
 # Silence after an Allocate before spares are made again: longer than the kubelet takes
 # between two pods it admits back to back, shorter than what it takes for pods to end.
 SETTLE = 0.005
@@ -111,6 +114,22 @@ class SparePool:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._last_answered = 0.0
+        # The scope last handed out per set of device IDs, oldest entry first: the live one,
+        # whatever its age (a spare made while an Allocate asked xpud itself may be older
+        # than that Allocate's scope, yet reach the next container of the same IDs).
+        self._handed: dict[frozenset[str], str] = {}
+
+    def last_handed(self, ids: frozenset[str]) -> str | None:
+        return self._handed.get(ids)
+
+    def _hand_out(self, req: api.ScopeRequest, scope: api.Scope) -> api.Scope:
+        ids = frozenset(d.id for d in req.devices)
+        self._handed.pop(ids, None)
+        self._handed[ids] = scope.id
+        if len(self._handed) > MAX_HANDED:
+            for stale in list(self._handed)[: MAX_HANDED // 2]:
+                del self._handed[stale]
+        return scope
 
     def holds(self, scope_id: str) -> bool:
         return any(scope.id == scope_id for spares in self._spares.values() for _, scope in spares)
@@ -154,8 +173,8 @@ class SparePool:
                 self._changed.set()
                 made_for, scope = spares.pop(0)
                 if made_for == req and _still_served(scope):
-                    return scope
-        return await self.xpud.create_scope(req)
+                    return self._hand_out(req, scope)
+        return self._hand_out(req, await self.xpud.create_scope(req))
 
     async def delete_scope(self, scope_id: str) -> None:
         await self.xpud.delete_scope(scope_id)
@@ -223,18 +242,22 @@ def spares_per_id(ids: int) -> int:
     return 2 if 2 * ids <= MAX_SPARES else 1
 
 
-def unused(scopes: Iterable[api.Scope], held: HeldSets) -> list[api.Scope]:
-    """The scopes no container uses: their device IDs are not held, or a newer scope for
-    the same IDs exists."""
-    newest: dict[frozenset[str], api.Scope] = {}
-    out = []
-    for scope in sorted(scopes, key=lambda s: s.created_at, reverse=True):
+def unused(
+    scopes: Iterable[api.Scope],
+    held: HeldSets,
+    handed: Callable[[frozenset[str]], str | None] = lambda ids: None,
+) -> list[api.Scope]:
+    """The scopes no container uses: their device IDs are not held, or another scope for
+    the same IDs is the one the plugin handed out last (the newest, if it does not know:
+    it restarted)."""
+    scopes = sorted(scopes, key=lambda s: s.created_at, reverse=True)
+    live: dict[frozenset[str], str] = {}
+    for scope in scopes:
         ids = frozenset(scope.device_ids)
-        if ids in held and ids not in newest:
-            newest[ids] = scope
-        else:
-            out.append(scope)
-    return out
+        if ids in held and ids not in live:
+            known = handed(ids)
+            live[ids] = known if known in {s.id for s in scopes} else scope.id
+    return [s for s in scopes if live.get(frozenset(s.device_ids)) != s.id]
 
 
 class ScopeReconciler:
@@ -246,8 +269,10 @@ class ScopeReconciler:
         grace_period: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
         spare: Callable[[str], bool] = lambda scope_id: False,
+        handed: Callable[[frozenset[str]], str | None] = lambda ids: None,
     ) -> None:
         self.xpud = xpud
+        self.handed = handed
         # A spare is no container's yet, and newer than the scope of the container that
         # holds the same ID: left out before anything is compared.
         self.spare = spare
@@ -277,7 +302,7 @@ class ScopeReconciler:
             )
             return []
         now = self.clock()
-        candidates = {s.id for s in unused(scopes, held)}
+        candidates = {s.id for s in unused(scopes, held, self.handed)}
         # Forget what was used again, or deleted by someone else.
         self._unused_since = {i: t for i, t in self._unused_since.items() if i in candidates}
         deleted = []
