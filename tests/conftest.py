@@ -29,6 +29,8 @@ def uses_the_lab(item: pytest.Item) -> bool:
     )
 
 
+# Before xdist's own hook, which turns the group into the node id's `@lab` suffix.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if uses_the_lab(item):
