@@ -7,7 +7,7 @@ NVML_DIR := runtime/nvml
 # NVML's file name and soname, at a stable path: put $(NVML_DIR)/lib on LD_LIBRARY_PATH.
 NVML_LIB := $(NVML_DIR)/lib/libnvidia-ml.so.1
 
-.PHONY: setup nvml demo test test-long lint typecheck unit integration e2e bench clean
+.PHONY: setup nvml demo test lint typecheck unit integration e2e bench clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -48,11 +48,6 @@ e2e: setup
 # the tests that use the lab in one (in order), the others beside them (tests/conftest.py).
 test: lint typecheck
 	$(UV) run --no-sync pytest -n 2 --dist loadgroup
-
-# The long tier: whole-lifecycle lab scenarios (Ansible install -> uninstall, the in-cluster
-# Prometheus with its alerts) that would push `make test` past CI's time budget.
-test-long: setup
-	$(UV) run --no-sync pytest -m 'long and not bench'
 
 bench: setup
 	$(UV) run --no-sync pytest -m bench -s -p no:cacheprovider

@@ -35,7 +35,7 @@ from openxpu_lab.progress import Progress
 
 from .support import BIN, playbook
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long, pytest.mark.timeout(COLD_START_TIMEOUT)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(COLD_START_TIMEOUT)]
 
 SYSCTL_FILE = Path("/etc/sysctl.d/90-openxpu.conf")
 FAULTY_DEVICE = 3

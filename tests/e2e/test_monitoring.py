@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from e2e.conftest import LabCluster
+from e2e.conftest import COLD_START_TIMEOUT, LabCluster
 from e2e.test_openxpu_stack import DEMO, PROFILE_COUNT, stack  # noqa: F401  (the fixture)
 from openxpu_exporter import dashboard
 from openxpu_lab import gobuild, monitoring
@@ -27,7 +27,7 @@ from openxpu_lab.progress import Progress
 from openxpu_operator.policy import load_policy
 from openxpu_operator.render import OPERANDS, RenderContext, render_operand
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(COLD_START_TIMEOUT)]
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "openxpu"
 ALERT = "OpenXPUDeviceUnhealthy"

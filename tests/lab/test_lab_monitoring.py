@@ -259,7 +259,6 @@ def monitoring_ready(url: str) -> bool:
 
 
 @pytest.mark.integration
-@pytest.mark.long  # a fresh machine builds Prometheus first (minutes)
 @pytest.mark.timeout(3600)
 def test_the_lab_prometheus_loads_what_the_operator_makes_of_a_service_monitor(
     tmp_path: Path,
