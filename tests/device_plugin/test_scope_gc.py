@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from exporter.support import FakeKubelet, pod
@@ -37,6 +38,13 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def reconciler(
+    client: AsyncXpudClient, socket: Path, clock: Clock, **kwargs: Any
+) -> ScopeReconciler:
+    """The plugin's reconciler for RESOURCE with a GRACE-second period on `clock`."""
+    return ScopeReconciler(client, socket, lambda: RESOURCE, lambda: GRACE, clock, **kwargs)
 
 
 def device0_scopes(xpud: XpudProcess, count: int) -> tuple[str, list[str]]:
@@ -77,9 +85,7 @@ async def test_a_scope_goes_once_no_container_held_it_for_the_grace_period(
     ]
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
-        gc = ScopeReconciler(
-            client, pod_resources.socket_path, lambda: RESOURCE, lambda: GRACE, clock
-        )
+        gc = reconciler(client, pod_resources.socket_path, clock)
         assert await gc.reconcile() == []  # first seen unheld now: the grace period starts
         clock.now = 30.0
         # The container of `not_started` is created: PodResources lists it from now on.
@@ -108,9 +114,7 @@ async def test_of_two_scopes_for_one_containers_devices_the_newer_stays(
     pod_resources.pods = [pod("p", "ml", {"app": [uuid]})]
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
-        gc = ScopeReconciler(
-            client, pod_resources.socket_path, lambda: RESOURCE, lambda: GRACE, clock
-        )
+        gc = reconciler(client, pod_resources.socket_path, clock)
         assert await gc.reconcile() == []
         clock.now = GRACE
         assert await gc.reconcile() == [init]
@@ -123,9 +127,7 @@ async def test_nothing_is_deleted_while_the_kubelet_cannot_be_asked(
     _, (kept,) = device0_scopes(xpud, 1)
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
-        gc = ScopeReconciler(
-            client, short_root / "no-kubelet.sock", lambda: RESOURCE, lambda: GRACE, clock
-        )
+        gc = reconciler(client, short_root / "no-kubelet.sock", clock)
         for clock.now in (0.0, GRACE, 10 * GRACE):
             assert await gc.reconcile() == []
     assert scope_ids(xpud) == {kept}
@@ -140,13 +142,8 @@ async def test_a_spare_is_left_alone_and_hides_no_containers_scope(
     pod_resources.pods = [pod("p", "ml", {"main": [uuid]})]
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
-        gc = ScopeReconciler(
-            client,
-            pod_resources.socket_path,
-            lambda: RESOURCE,
-            lambda: GRACE,
-            clock,
-            spare=lambda scope_id: scope_id == spare,
+        gc = reconciler(
+            client, pod_resources.socket_path, clock, spare=lambda scope_id: scope_id == spare
         )
         for clock.now in (0.0, GRACE, 10 * GRACE):
             assert await gc.reconcile() == []
@@ -189,11 +186,9 @@ async def test_the_scope_handed_out_last_stays_even_if_it_is_older(
     pod_resources.pods = [pod("p", "ml", {"main": [uuid]})]
     clock = Clock()
     async with AsyncXpudClient(xpud.socket) as client:
-        gc = ScopeReconciler(
+        gc = reconciler(
             client,
             pod_resources.socket_path,
-            lambda: RESOURCE,
-            lambda: GRACE,
             clock,
             handed=lambda ids: handed_last if ids == frozenset({uuid}) else None,
         )

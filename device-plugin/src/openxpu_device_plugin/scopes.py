@@ -251,12 +251,13 @@ def unused(
     the same IDs is the one the plugin handed out last (the newest, if it does not know:
     it restarted)."""
     scopes = sorted(scopes, key=lambda s: s.created_at, reverse=True)
+    existing = {s.id for s in scopes}
     live: dict[frozenset[str], str] = {}
     for scope in scopes:
         ids = frozenset(scope.device_ids)
         if ids in held and ids not in live:
             known = handed(ids)
-            live[ids] = known if known in {s.id for s in scopes} else scope.id
+            live[ids] = known if known in existing else scope.id
     return [s for s in scopes if live.get(frozenset(s.device_ids)) != s.id]
 
 
